@@ -1,0 +1,6 @@
+//! The ShadowMesh dataplane: moves overlay IP packets between TUN queues and UDP sockets,
+//! encrypting and decrypting them in place.
+//!
+//! The packet logic here is sans-IO: functions over byte buffers and state, with time passed
+//! in. The engine and platform backends only move buffers.
+#![deny(unsafe_code)]

@@ -1,0 +1,5 @@
+//! Everything OS-specific in ShadowMesh lives here: TUN devices, UDP socket options, the
+//! io_uring backend, the portable poll backend and CPU pinning.
+//!
+//! This is the only crate that says `libc`, `ioctl`, `io_uring` or `cfg(target_os)`; callers
+//! get small safe types. Every `unsafe` block carries a `// SAFETY:` line.

@@ -1,0 +1,4 @@
+//! `shadowmesh`: the command-line tool.
+#![forbid(unsafe_code)]
+
+fn main() {}
