@@ -4,3 +4,11 @@
 //! The packet logic here is sans-IO: functions over byte buffers and state, with time passed
 //! in. The engine and platform backends only move buffers.
 #![deny(unsafe_code)]
+
+pub mod crypto;
+pub mod ipc;
+pub mod offload;
+pub mod replay;
+pub mod routing;
+pub mod session;
+pub mod wire;
