@@ -1,1 +1,4 @@
-//! (being written)
+//! TUN devices (placeholder while being written).
+
+mod error;
+pub use error::PlatformError;
