@@ -2,4 +2,12 @@
 //! control transport, and the hand-off of session keys to the dataplane.
 //!
 //! Protocol logic is sans-IO: functions of (state, input bytes, now) returning outputs.
+//! The wire formats and the key schedule are specified in `docs/protocol.md`.
 #![forbid(unsafe_code)]
+
+pub mod armor;
+pub mod cert;
+pub mod cookie;
+pub mod handshake;
+pub mod identity;
+pub mod kdf;
