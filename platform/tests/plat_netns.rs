@@ -1,0 +1,287 @@
+//! Root-only integration tests of the TUN and UDP edges, each inside a private network
+//! namespace (`unshare(CLONE_NEWNET)` in a child thread), so the host's interfaces, routes and
+//! addresses are never touched: the namespace and everything in it disappear with the thread.
+//! Without root the tests print why they skip and pass.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use shadowmesh_platform::tun::{PlatformError, Tun, TunConfig, TunQueue, VNET_HDR_LEN};
+use shadowmesh_platform::udp::{bind_group, RecvMeta, Transmit, UdpSocketConfig};
+
+/// Runs `f` on a thread inside a fresh network namespace with `lo` up. `None` (after printing
+/// the reason) when not root or namespaces are unavailable.
+fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP: needs root (CAP_NET_ADMIN for TUN, CAP_SYS_ADMIN for unshare(CLONE_NEWNET))"
+        );
+        return None;
+    }
+    std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's namespace membership.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            eprintln!(
+                "SKIP: unshare(CLONE_NEWNET) failed: {}",
+                io::Error::last_os_error()
+            );
+            return None;
+        }
+        let st = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        if !st.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("SKIP: `ip link set lo up` failed in the test namespace: {st:?}");
+            return None;
+        }
+        Some(f())
+    })
+    .join()
+    .expect("netns test thread panicked")
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cfg(name: &str) -> TunConfig {
+    TunConfig {
+        name: name.into(),
+        queues: 2,
+        mtu: 1400,
+        ipv4: vec![(Ipv4Addr::new(100, 64, 0, 1), 24)],
+        ipv6: vec![("fd00::1".parse().expect("literal"), 64)],
+        offload: true,
+    }
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        s += u32::from(w);
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An IPv4 ICMP echo request `src -> dst` behind an all-zero virtio-net header (no offload).
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut icmp = vec![8u8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&1u16.to_be_bytes());
+    icmp.extend_from_slice(b"shadowmesh-echo!");
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut pkt = vec![0u8; VNET_HDR_LEN];
+    pkt.extend_from_slice(&ip);
+    pkt.extend_from_slice(&icmp);
+    pkt
+}
+
+/// Reads from all queues (bounded: ~3 s) until `want` accepts an IPv4 packet (vnet header
+/// stripped); returns it.
+fn read_until(queues: &[TunQueue], want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
+    for _ in 0..300 {
+        for q in queues {
+            loop {
+                match q.read(&mut buf) {
+                    Ok(n) => {
+                        let ip = &buf[VNET_HDR_LEN..n];
+                        if ip.first().is_some_and(|b| b >> 4 == 4) && want(ip) {
+                            return Some(ip.to_vec());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("TUN read: {e}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn tun_two_queues_offload_addresses_icmp_and_recreate() {
+    let Some(()) = in_netns(|| {
+        let tun = Tun::create(&cfg("smtest0")).expect("create TUN");
+        assert_eq!(tun.name(), "smtest0");
+        assert_eq!(tun.queues().len(), 2);
+        let o = tun.offloads();
+        eprintln!("offloads enabled: {o:?}");
+        assert!(o.vnet_hdr && o.csum && o.tso4 && o.tso6, "{o:?}");
+        assert!(tun.queues().iter().all(TunQueue::vnet_hdr));
+
+        // Read the configuration back from the kernel.
+        let link = ip(&["-o", "link", "show", "dev", "smtest0"]);
+        assert!(link.contains("mtu 1400"), "{link}");
+        assert!(link.contains("UP"), "{link}");
+        assert!(link.contains("multi_queue") || !ip(&["-d", "link", "show", "smtest0"]).is_empty());
+        let addrs = ip(&["-o", "addr", "show", "dev", "smtest0"]);
+        assert!(addrs.contains("inet 100.64.0.1/24"), "{addrs}");
+        assert!(addrs.contains("inet6 fd00::1/64"), "{addrs}");
+
+        // A live device's name is refused with a clear error.
+        match Tun::create(&cfg("smtest0")) {
+            Err(e @ PlatformError::NameTaken { .. }) => {
+                assert!(e.to_string().contains("TUN name smtest0 is taken"))
+            }
+            other => panic!("expected NameTaken, got {other:?}"),
+        }
+        // So is the name of a device of another kind.
+        assert!(matches!(
+            Tun::create(&cfg("lo")),
+            Err(PlatformError::NameTaken { .. })
+        ));
+
+        // The kernel routes a ping of a peer in the /24 into the TUN.
+        // SAFETY: plain socket creation.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(raw >= 0, "raw socket: {}", io::Error::last_os_error());
+        let req = echo_request(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0x4242);
+        let icmp = &req[VNET_HDR_LEN + 20..];
+        // SAFETY: sockaddr_in is plain data.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([100, 64, 0, 2]);
+        // SAFETY: buffers and address are live for the call with matching lengths.
+        let rc = unsafe {
+            libc::sendto(
+                raw,
+                icmp.as_ptr().cast(),
+                icmp.len(),
+                0,
+                (&raw const sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        assert!(rc > 0, "sendto: {}", io::Error::last_os_error());
+        // SAFETY: closing the fd we created.
+        unsafe { libc::close(raw) };
+        let got = read_until(tun.queues(), |ip| {
+            ip[9] == 1 && ip[16..20] == [100, 64, 0, 2] && ip[20] == 8
+        })
+        .expect("echo request to 100.64.0.2 read from the TUN");
+        assert_eq!(&got[12..16], &[100, 64, 0, 1], "source is the TUN address");
+        assert_eq!(&got[24..26], &0x4242u16.to_be_bytes());
+
+        // A packet written into queue 1 reaches the stack, which answers into the TUN.
+        let pkt = echo_request(
+            Ipv4Addr::new(100, 64, 0, 2),
+            Ipv4Addr::new(100, 64, 0, 1),
+            0x5151,
+        );
+        assert_eq!(tun.queues()[1].write(&pkt).expect("TUN write"), pkt.len());
+        let reply = read_until(tun.queues(), |ip| {
+            ip[9] == 1 && ip[20] == 0 && ip[24..26] == 0x5151u16.to_be_bytes()
+        })
+        .expect("echo reply from the kernel");
+        assert_eq!(&reply[12..16], &[100, 64, 0, 1]);
+        assert_eq!(&reply[16..20], &[100, 64, 0, 2]);
+        assert_eq!(&reply[28..], b"shadowmesh-echo!");
+
+        // Queues can be handed out; the device lives until the last one is dropped.
+        let mut qs = tun.into_queues();
+        let last = qs.pop().expect("two queues");
+        drop(qs);
+        assert!(ip(&["-o", "link", "show", "dev", "smtest0"]).contains("smtest0"));
+        drop(last);
+        assert!(
+            !ip(&["-o", "link", "show"]).contains("smtest0"),
+            "device removed with last queue"
+        );
+
+        // The same name can be created again right away, and a %d pattern is resolved.
+        let again = Tun::create(&cfg("smtest0")).expect("re-create after drop");
+        assert_eq!(again.name(), "smtest0");
+        let mut c = cfg("smq%d");
+        c.offload = false;
+        c.queues = 1;
+        c.ipv4 = vec![(Ipv4Addr::new(100, 64, 1, 1), 24)];
+        c.ipv6 = vec![("fd00:1::1".parse().expect("literal"), 64)];
+        let numbered = Tun::create(&c).expect("create smq%d");
+        assert!(numbered.name().starts_with("smq"), "{}", numbered.name());
+        assert!(!numbered.offloads().vnet_hdr);
+    }) else {
+        return;
+    };
+}
+
+#[test]
+fn udp_gso_three_segments_arrive_as_one_gro_train() {
+    let Some(()) = in_netns(|| {
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let base = UdpSocketConfig {
+            bind: lo,
+            reuseport: true,
+            gso: true,
+            gro: true,
+            recv_buf: 1 << 20,
+            send_buf: 1 << 20,
+        };
+        let rx = bind_group(&base, 1).expect("rx").remove(0);
+        let tx = bind_group(&base, 1).expect("tx").remove(0);
+        assert!(rx.gro_enabled(), "UDP_GRO must be available on this kernel");
+        assert!(
+            tx.gso_enabled(),
+            "UDP_SEGMENT must be available on this kernel"
+        );
+        // As root, SO_RCVBUFFORCE gets around rmem_max: no warning expected.
+        assert_eq!(rx.buffer_warning(), None);
+
+        let mut data = vec![0u8; 3 * 1200];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i / 1200) as u8 + 1;
+        }
+        let t = [Transmit {
+            dst: rx.local_addr(),
+            data: &data,
+            segment_size: Some(1200),
+        }];
+        let group = [rx];
+        assert_eq!(tx.send_batch(&t).expect("GSO send"), 1);
+        let mut buf = vec![0u8; 65536];
+        let mut meta = [RecvMeta::default()];
+        let mut got = None;
+        for _ in 0..300 {
+            match group[0].recv_batch(&mut [&mut buf[..]], &mut meta) {
+                Ok(1) => {
+                    got = Some(meta[0]);
+
+                    break;
+                }
+                Ok(n) => panic!("unexpected count {n}"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        let m = got.expect("GRO train received within 3 s ");
+        assert_eq!(m.src, tx.local_addr());
+        assert_eq!(m.len, 3600);
+        assert_eq!(
+            m.segment_size, 1200,
+            "UDP_GRO control message must report the segment size"
+        );
+        assert_eq!(&buf[..3600], &data[..]);
+    }) else {
+        return;
+    };
+}
