@@ -11,3 +11,4 @@ pub mod cookie;
 pub mod handshake;
 pub mod identity;
 pub mod kdf;
+pub mod transport;
