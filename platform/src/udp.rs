@@ -887,6 +887,73 @@ mod tests {
     }
 
     #[test]
+    fn emsgsize_is_dropped_counted_and_the_batch_goes_on() {
+        let rx = bind_group(&lo_cfg(), 1).unwrap().remove(0);
+        let tx = bind_group(&lo_cfg(), 1).unwrap().remove(0);
+        let huge = vec![0u8; 70_000];
+        let msgs = [
+            Transmit {
+                dst: rx.local_addr(),
+                data: &huge,
+                segment_size: None,
+            },
+            Transmit {
+                dst: rx.local_addr(),
+                data: b"after",
+                segment_size: None,
+            },
+        ];
+        assert_eq!(tx.send_batch(&msgs).unwrap(), 2);
+        assert_eq!(tx.stats().send_emsgsize, 1);
+        let mut b = [0u8; 64];
+        let mut meta = [RecvMeta::default()];
+        let mut n = 0;
+        for _ in 0..1000 {
+            if let Ok(k) = rx.recv_batch(&mut [&mut b[..]], &mut meta) {
+                n = k;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(n, 1);
+        assert_eq!(&b[..meta[0].len], b"after");
+    }
+
+    #[test]
+    fn without_gso_segments_go_out_as_separate_datagrams() {
+        let rx = bind_group(&lo_cfg(), 1).unwrap().remove(0);
+        let mut cfg = lo_cfg();
+        cfg.gso = false;
+        let tx = bind_group(&cfg, 1).unwrap().remove(0);
+        assert!(!tx.gso_enabled());
+        let data: Vec<u8> = (0..2500u32).map(|i| (i / 1000) as u8).collect();
+        let t = [Transmit {
+            dst: rx.local_addr(),
+            data: &data,
+            segment_size: Some(1000),
+        }];
+        assert_eq!(tx.send_batch(&t).unwrap(), 1);
+        let mut store = [[0u8; 2000]; 4];
+        let mut meta = [RecvMeta::default(); 4];
+        let mut got = 0;
+        for _ in 0..1000 {
+            let mut bufs: Vec<&mut [u8]> = store[got..].iter_mut().map(|b| &mut b[..]).collect();
+            if let Ok(n) = rx.recv_batch(&mut bufs, &mut meta[got..]) {
+                got += n;
+            }
+            if got >= 3 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(got, 3);
+        for (i, want) in [(0usize, 1000usize), (1, 1000), (2, 500)] {
+            assert_eq!(meta[i].len, want);
+            assert!(store[i][..want].iter().all(|&b| b == i as u8));
+        }
+    }
+
+    #[test]
     fn dual_stack_receives_ipv4() {
         let mut cfg = lo_cfg();
         cfg.bind = "[::]:0".parse().unwrap();

@@ -285,3 +285,120 @@ fn udp_gso_three_segments_arrive_as_one_gro_train() {
         return;
     };
 }
+
+/// Turns transmit checksum offload off on `dev` (ETHTOOL_STXCSUM), which makes the kernel
+/// refuse UDP GSO sends through it with EIO.
+fn tx_csum_off(dev: &str) -> io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let mut ev = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut ev).cast();
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points at, both live.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the fd we created.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+#[test]
+fn gso_through_a_device_without_tx_checksum_still_delivers_every_segment() {
+    let Some(()) = in_netns(|| {
+        for cmd in [
+            &[
+                "link", "add", "smva", "type", "veth", "peer", "name", "smvb",
+            ][..],
+            &["addr", "add", "198.51.100.1/24", "dev", "smva"],
+            &["link", "set", "smva", "up"],
+            &["link", "set", "smvb", "up"],
+            // A static neighbour, so the datagrams leave without waiting for ARP.
+            &[
+                "neigh",
+                "add",
+                "198.51.100.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                "smva",
+            ],
+        ] {
+            let st = Command::new("ip").args(cmd).status().expect("run ip");
+            assert!(st.success(), "ip {cmd:?}");
+        }
+        tx_csum_off("smva").expect("ETHTOOL_STXCSUM off");
+        let cfg = UdpSocketConfig {
+            bind: "198.51.100.1:0".parse().expect("literal"),
+            reuseport: false,
+            gso: true,
+            gro: false,
+            recv_buf: 0,
+            send_buf: 0,
+        };
+        let tx = bind_group(&cfg, 1).expect("tx").remove(0);
+        assert!(tx.gso_enabled());
+        let tx_packets = || -> u64 {
+            let s = ip(&["-s", "-o", "link", "show", "dev", "smva"]);
+            // "... TX: bytes packets ..." -> the second number after "TX:".
+            s.split("TX:")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().filter_map(|w| w.parse().ok()).nth(1))
+                .unwrap_or(0)
+        };
+        let before = tx_packets();
+        let data = vec![7u8; 3 * 1000];
+        let dst: SocketAddr = "198.51.100.2:9".parse().expect("literal");
+        let t = [
+            Transmit {
+                dst,
+                data: &data,
+                segment_size: Some(1000),
+            },
+            Transmit {
+                dst,
+                data: &data[..10],
+                segment_size: None,
+            },
+        ];
+        assert_eq!(tx.send_batch(&t).expect("send after EIO fallback"), 2);
+        // Kernels before 6.11 refuse GSO without checksum offload (EIO): the socket must then
+        // have turned GSO off and sent the segments one by one. Newer kernels checksum in
+        // software and segment the train. Either way four datagrams leave, none dropped.
+        eprintln!(
+            "GSO still enabled after a send through a no-csum device: {}",
+            tx.gso_enabled()
+        );
+        if !tx.gso_enabled() {
+            assert_eq!(tx.max_gso_segments(), 1);
+        }
+        assert_eq!(tx.stats().send_other, 0, "nothing may be dropped");
+        let sent = tx_packets() - before;
+        assert!(
+            sent >= 4,
+            "3 segments + 1 datagram expected on the wire, saw {sent}"
+        );
+    }) else {
+        return;
+    };
+}

@@ -72,15 +72,17 @@ impl UdpSock {
             mh.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             mh.msg_iov = &raw mut iov;
             mh.msg_iovlen = 1;
-            // SAFETY: `mh` points at live `addr` and `iov` (over the caller's buffer).
-            let rc = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut mh, 0) };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let rc = loop {
+                // SAFETY: `mh` points at live `addr` and `iov` (over the caller's buffer).
+                let rc = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut mh, 0) };
+                if rc >= 0 {
+                    break rc;
                 }
-                return if got == 0 { Err(err) } else { Ok(got) };
-            }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return if got == 0 { Err(err) } else { Ok(got) };
+                }
+            };
             m.src = from_sockaddr(&addr, mh.msg_namelen).unwrap_or(RecvMeta::default().src);
             if mh.msg_flags & libc::MSG_TRUNC != 0 {
                 self.note_truncated();
