@@ -465,3 +465,159 @@ fn full_64k_super_packet_merges_back() {
     assert_eq!(&buf[out[0].range.clone()], &orig[..]);
     assert_eq!(out[0].hdr, hdr);
 }
+
+/// Recomputes the IPv4 header and TCP checksums of a plain packet (after a test edit).
+fn fix_checksums(p: &mut [u8]) {
+    let iph = if p[0] >> 4 == 4 {
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = !naive_sum(&[&p[..20]]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        20
+    } else {
+        40
+    };
+    p[iph + 16..iph + 18].copy_from_slice(&[0, 0]);
+    let ph = pseudo(p, 6, p.len() - iph);
+    let c = !naive_sum(&[&ph, &p[iph..]]);
+    p[iph + 16..iph + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Each rule of the merge, broken on segment 2 of 4 ([0,1] [2] [3]: segment 3 no longer
+/// matches 2 either): the run must split there, and what comes out must still be exactly
+/// the packets that went in.
+#[test]
+fn merge_rules_split_runs() {
+    type Edit = fn(&mut Vec<u8>, usize);
+    let cases: [(&str, bool, Edit, usize); 11] = [
+        (
+            "seq gap",
+            false,
+            |p, t| p[t + 7] = p[t + 7].wrapping_add(1),
+            3,
+        ),
+        ("ack differs", false, |p, t| p[t + 11] ^= 1, 3),
+        ("window differs", false, |p, t| p[t + 15] ^= 1, 3),
+        ("option differs", false, |p, t| p[t + 21] ^= 1, 3),
+        ("dst port differs", false, |p, t| p[t + 3] ^= 1, 3),
+        ("TTL differs", false, |p, _| p[8] -= 1, 3),
+        ("TOS differs", false, |p, _| p[1] ^= 4, 3),
+        ("flow label differs", true, |p, _| p[3] ^= 1, 3),
+        ("hop limit differs", true, |p, _| p[7] -= 1, 3),
+        // PSH on segment 1 closes the run after it: [0,1] [2,3]
+        (
+            "PSH in the middle",
+            false,
+            |p, _| {
+                let t = 20;
+                p[t + 13] |= PSH;
+            },
+            2,
+        ),
+        // URG/ECE/etc. on segment 2: it passes through: [0,1] [2] [3]
+        ("other flag", false, |p, t| p[t + 13] |= 0x40, 3),
+    ];
+    for (name, v6, edit, want) in cases {
+        let s = Spec {
+            v6,
+            udp: false,
+            opts: 12,
+            payload: 400,
+            gso: 100,
+            flags: ACK,
+            seq: 5,
+            id: 1,
+            port: 7,
+        };
+        let (hdr, orig) = build(&s);
+        let mut segs = segment_all(&hdr, &orig);
+        let t = if v6 { 40 } else { 20 };
+        let target = if name == "PSH in the middle" { 1 } else { 2 };
+        edit(&mut segs[target], t);
+        fix_checksums(&mut segs[target]);
+        let (mut buf, ranges) = lay_out(&segs);
+        let mut out = vec![Coalesced::default(); ranges.len()];
+        let n = coalesce_in_place(&mut buf, &ranges, &mut out);
+        assert_eq!(n, want, "{name}");
+        assert_eq!(expand(&mut buf, &out[..n]), segs, "{name}");
+    }
+}
+
+/// A shorter segment ends a run; a longer one cannot join it.
+#[test]
+fn payload_size_rules() {
+    let s = Spec {
+        v6: false,
+        udp: false,
+        opts: 0,
+        payload: 250,
+        gso: 100,
+        flags: ACK,
+        seq: 5,
+        id: 1,
+        port: 7,
+    };
+    let (hdr, orig) = build(&s);
+    let first = segment_all(&hdr, &orig); // 100, 100, 50
+    let next = Spec {
+        seq: 255,
+        id: 4,
+        payload: 300,
+        ..s
+    };
+    let (hdr2, orig2) = build(&next);
+    let mut segs = first.clone();
+    segs.extend(segment_all(&hdr2, &orig2)); // 100 100 100: contiguous seq, but after a short one
+    let (mut buf, ranges) = lay_out(&segs);
+    let mut out = vec![Coalesced::default(); ranges.len()];
+    let n = coalesce_in_place(&mut buf, &ranges, &mut out);
+    assert_eq!(n, 2);
+    assert_eq!(&buf[out[0].range.clone()], &orig[..]);
+    assert_eq!(expand(&mut buf, &out[..n]), segs);
+
+    // head of 50 then 100: the bigger one cannot follow
+    let small = Spec {
+        payload: 50,
+        gso: 50,
+        ..s
+    };
+    let (h, o) = build(&small);
+    let mut segs = segment_all(&h, &o);
+    segs.extend(segment_all(
+        &build(&Spec { seq: 55, ..s }).0,
+        &build(&Spec { seq: 55, ..s }).1,
+    ));
+    let (mut buf, ranges) = lay_out(&segs);
+    let mut out = vec![Coalesced::default(); ranges.len()];
+    let n = coalesce_in_place(&mut buf, &ranges, &mut out);
+    assert_eq!(n, 2);
+    assert_eq!(expand(&mut buf, &out[..n]), segs);
+}
+
+/// Two contiguous 64 KiB super-packets of one flow cannot become one beyond 65535 bytes.
+#[test]
+fn super_packet_size_bound() {
+    let a = Spec {
+        v6: true,
+        udp: false,
+        opts: 0,
+        payload: 1380 * 47,
+        gso: 1380,
+        flags: ACK,
+        seq: 0,
+        id: 0,
+        port: 7,
+    };
+    let b = Spec {
+        seq: 1380 * 47,
+        ..a.clone()
+    };
+    let mut segs = segment_all(&build(&a).0, &build(&a).1);
+    segs.extend(segment_all(&build(&b).0, &build(&b).1));
+    let (mut buf, ranges) = lay_out(&segs);
+    let mut out = vec![Coalesced::default(); ranges.len()];
+    let n = coalesce_in_place(&mut buf, &ranges, &mut out);
+    assert_eq!(n, 2);
+    assert!(out[..n].iter().all(|c| c.range.len() <= 65535));
+    assert_eq!(out[0].range.len(), 40 + 20 + 1380 * 47);
+    assert_eq!(expand(&mut buf, &out[..n]), segs);
+}
