@@ -1,1 +1,1038 @@
-//! (being written)
+//! Local message sockets for the control plane ↔ dataplane IPC: a Unix `SOCK_SEQPACKET`
+//! listener and connection with peer credentials, message-size checks and timeouts.
+//!
+//! This module owns every `libc` call the IPC needs, so the dataplane's IPC code stays free of
+//! `unsafe`. It moves whole messages only: a [`SeqpacketConn::recv`] returns exactly one
+//! message, never part of one, and a message longer than the caller's buffer is reported as
+//! [`SeqpacketError::MessageTooLarge`] (it is consumed, so the next message is intact). It must
+//! never interpret message contents and never log them (they carry session keys).
+//!
+//! # Platforms
+//! - Linux / Android: `AF_UNIX` + `SOCK_SEQPACKET`, `SO_PEERCRED`, oversize detection with
+//!   `MSG_TRUNC` (which reports the real length on Unix seqpacket sockets since Linux 3.4).
+//! - Other Unix (macOS, BSDs): macOS has no `SOCK_SEQPACKET` on `AF_UNIX` (`EPROTONOSUPPORT`),
+//!   so the fallback is `SOCK_STREAM` with a 4-byte little-endian length prefix per message,
+//!   peer credentials from `getpeereid` (pid from `LOCAL_PEERPID` on macOS, 0 elsewhere). A
+//!   reader that sees a header learns the body is coming and reads it with a blocking read
+//!   bounded by the read timeout ([`FALLBACK_BODY_TIMEOUT`] if none is set). The fallback is
+//!   type-checked in CI; it has not been exercised on a Mac.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors of the local message socket layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SeqpacketError {
+    /// The socket path does not fit in `sockaddr_un.sun_path`.
+    #[error("socket path {path:?} is {len} bytes; at most {max} bytes fit in sun_path")]
+    PathTooLong {
+        /// The path given.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest path that fits (without the NUL).
+        max: usize,
+    },
+    /// The socket path contains a NUL byte.
+    #[error("socket path {path:?} contains a NUL byte; expected a plain filesystem path")]
+    PathHasNul {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Something that is not a socket already exists at the path; we never delete it.
+    #[error("{path:?} exists and is not a socket; expected a free path or a stale socket")]
+    NotASocket {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A live server already listens on the path.
+    #[error("{path:?} is in use: a server is listening on it")]
+    InUse {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// The operation that failed (e.g. "bind", "connect").
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A received message was larger than the buffer given to `recv` (it was discarded).
+    #[error("message too large: {len} bytes, expected at most {max}")]
+    MessageTooLarge {
+        /// The real length of the message, where the OS reports it (else `max + 1`).
+        len: usize,
+        /// The buffer size, i.e. the largest message accepted.
+        max: usize,
+    },
+    /// An empty message was given to `send`: a zero-length datagram cannot be told apart
+    /// from end-of-stream on a seqpacket socket.
+    #[error("empty message: expected at least one byte")]
+    EmptyMessage,
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The operation did not complete within the socket's timeout.
+    #[error("{op} timed out")]
+    TimedOut {
+        /// The operation that timed out.
+        op: &'static str,
+    },
+    /// The stream fallback saw a broken frame (only on platforms without seqpacket).
+    #[error("broken message framing: {what}")]
+    Framing {
+        /// What was wrong.
+        what: &'static str,
+    },
+}
+
+impl SeqpacketError {
+    /// Whether an `accept` error concerns only the one incoming connection or a passing
+    /// resource shortage (ECONNABORTED, EPROTO, EPERM, EMFILE, ENFILE, ENOBUFS, ENOMEM), so
+    /// the listener itself is fine and a server should keep serving.
+    pub fn is_transient_accept_error(&self) -> bool {
+        match self {
+            SeqpacketError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::ECONNABORTED
+                        | libc::EPROTO
+                        | libc::EPERM
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, SeqpacketError>;
+
+/// Credentials of the process at the other end of a connection, as the kernel recorded them
+/// when it connected (not what it claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id (0 where the platform cannot tell).
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// Read timeout used by the stream fallback for a message body whose header arrived, when no
+/// read timeout is set: a writer sends header and body in one write, so the body is near.
+pub const FALLBACK_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SOCK_TYPE: libc::c_int = libc::SOCK_SEQPACKET;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SOCK_TYPE: libc::c_int = libc::SOCK_STREAM;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
+
+fn last_err(op: &'static str) -> SeqpacketError {
+    let source = io::Error::last_os_error();
+    match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => SeqpacketError::TimedOut { op },
+        _ => SeqpacketError::Io { op, source },
+    }
+}
+
+/// Checks a `-1`-on-error return value.
+fn cvt(ret: libc::c_int, op: &'static str) -> Result<libc::c_int> {
+    if ret < 0 {
+        Err(last_err(op))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Builds a `sockaddr_un` for `path`.
+fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.contains(&0) {
+        return Err(SeqpacketError::PathHasNul {
+            path: path.to_path_buf(),
+        });
+    }
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let max = addr.sun_path.len() - 1; // keep room for the NUL terminator
+    if bytes.is_empty() || bytes.len() > max {
+        return Err(SeqpacketError::PathTooLong {
+            path: path.to_path_buf(),
+            len: bytes.len(),
+            max,
+        });
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        addr.sun_len = len as u8;
+    }
+    Ok((addr, len as libc::socklen_t))
+}
+
+/// Creates an `AF_UNIX` socket of our type with close-on-exec set.
+fn new_socket() -> Result<OwnedFd> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let fd = {
+        // SAFETY: socket() takes no pointers; the result is checked below.
+        unsafe { libc::socket(libc::AF_UNIX, SOCK_TYPE | libc::SOCK_CLOEXEC, 0) }
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let fd = {
+        // SAFETY: socket() takes no pointers; the result is checked below.
+        unsafe { libc::socket(libc::AF_UNIX, SOCK_TYPE, 0) }
+    };
+    let fd = cvt(fd, "socket")?;
+    // SAFETY: fd was just returned by socket() and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        set_cloexec(owned.as_raw_fd())?;
+        let one: libc::c_int = 1;
+        setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NOSIGPIPE,
+            &one,
+        )?;
+    }
+    Ok(owned)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_cloexec(fd: RawFd) -> Result<()> {
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    cvt(ret, "fcntl(FD_CLOEXEC)")?;
+    Ok(())
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> Result<()> {
+    // SAFETY: `val` points to a live T of the size we pass; the kernel only reads it.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    cvt(ret, "setsockopt")?;
+    Ok(())
+}
+
+fn set_nonblocking_fd(fd: RawFd, on: bool) -> Result<()> {
+    // SAFETY: fcntl F_GETFL on an fd we own; no pointers.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) }, "fcntl(F_GETFL)")?;
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: fcntl F_SETFL on an fd we own; no pointers.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    cvt(ret, "fcntl(F_SETFL)")?;
+    Ok(())
+}
+
+fn timeval(timeout: Option<Duration>) -> libc::timeval {
+    match timeout {
+        // A zero timeval means "block forever" to the kernel; round a zero Duration up.
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_usec: if d.is_zero() {
+                1
+            } else {
+                d.subsec_micros() as libc::suseconds_t
+            },
+        },
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    }
+}
+
+/// Connects `fd` to `path`.
+fn connect_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let (addr, len) = sockaddr(path).map_err(io::Error::other)?;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes living across the call.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A listening local message socket, bound to a filesystem path with a given mode.
+///
+/// Dropping it removes the socket file, unless another server has replaced it meanwhile.
+#[derive(Debug)]
+pub struct SeqpacketListener {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// (device, inode) of the socket file we created, so Drop never unlinks someone else's.
+    ident: (u64, u64),
+}
+
+impl SeqpacketListener {
+    /// Binds and listens on `path`, with file mode `mode` (0o600 for the IPC socket).
+    ///
+    /// A stale socket file (nothing listening) is removed first; a live one is
+    /// [`SeqpacketError::InUse`] and a non-socket file is [`SeqpacketError::NotASocket`].
+    /// The mode is set before `listen`, so nobody can connect through wider permissions.
+    pub fn bind(path: &Path, mode: u32) -> Result<Self> {
+        let (addr, len) = sockaddr(path)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                let probe = new_socket()?;
+                match connect_fd(&probe, path) {
+                    Ok(()) => {
+                        return Err(SeqpacketError::InUse {
+                            path: path.to_path_buf(),
+                        })
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                        tracing::info!(path = %path.display(), "removing stale IPC socket file");
+                        std::fs::remove_file(path).map_err(|source| SeqpacketError::Io {
+                            op: "remove stale socket",
+                            source,
+                        })?;
+                    }
+                    Err(source) => {
+                        return Err(SeqpacketError::Io {
+                            op: "probe existing socket",
+                            source,
+                        })
+                    }
+                }
+            }
+            Ok(_) => {
+                return Err(SeqpacketError::NotASocket {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SeqpacketError::Io {
+                    op: "stat socket path",
+                    source,
+                })
+            }
+        }
+        let fd = new_socket()?;
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes living across the call.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        cvt(ret, "bind")?;
+        // Until listen() nobody can connect (ECONNREFUSED), so tightening the mode here
+        // closes the window in which the umask's wider mode was visible.
+        let ident = std::fs::metadata(path)
+            .map_err(|source| SeqpacketError::Io {
+                op: "stat bound socket",
+                source,
+            })
+            .and_then(|meta| {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(|source| SeqpacketError::Io {
+                        op: "chmod socket",
+                        source,
+                    })?;
+                Ok((meta.dev(), meta.ino()))
+            });
+        let ident = match ident {
+            Ok(ident) => ident,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        // SAFETY: listen() on a bound socket we own; no pointers.
+        if let Err(e) = cvt(unsafe { libc::listen(fd.as_raw_fd(), 8) }, "listen") {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(Self {
+            fd,
+            path: path.to_path_buf(),
+            ident,
+        })
+    }
+
+    /// The path this listener is bound to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes `accept` return [`SeqpacketError::TimedOut`] instead of blocking when no
+    /// connection is pending.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        set_nonblocking_fd(self.fd.as_raw_fd(), on)
+    }
+
+    /// Accepts one connection and reads its peer credentials from the kernel.
+    pub fn accept(&self) -> Result<(SeqpacketConn, PeerCred)> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let fd = {
+            // SAFETY: null address pointers are allowed (we do not want the address).
+            unsafe {
+                libc::accept4(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            }
+        };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let fd = {
+            // SAFETY: null address pointers are allowed (we do not want the address).
+            unsafe {
+                libc::accept(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            }
+        };
+        let fd = cvt(fd, "accept")?;
+        // SAFETY: fd was just returned by accept and is owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            set_cloexec(owned.as_raw_fd())?;
+            let one: libc::c_int = 1;
+            setsockopt(
+                owned.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                &one,
+            )?;
+            // Accepted sockets may inherit O_NONBLOCK on BSDs; start blocking as on Linux.
+            set_nonblocking_fd(owned.as_raw_fd(), false)?;
+        }
+        let conn = SeqpacketConn { fd: owned };
+        let cred = conn.peer_cred()?;
+        Ok((conn, cred))
+    }
+}
+
+impl AsRawFd for SeqpacketListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for SeqpacketListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SeqpacketListener {
+    fn drop(&mut self) {
+        // Only remove the file if it is still the socket we created: a newer server may
+        // have replaced a path it believed stale.
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// One connected local message socket.
+#[derive(Debug)]
+pub struct SeqpacketConn {
+    fd: OwnedFd,
+}
+
+impl SeqpacketConn {
+    /// Connects to a listener at `path`.
+    pub fn connect(path: &Path) -> Result<Self> {
+        let fd = new_socket()?;
+        connect_fd(&fd, path).map_err(|source| {
+            if source.raw_os_error().is_some() {
+                SeqpacketError::Io {
+                    op: "connect",
+                    source,
+                }
+            } else {
+                // sockaddr() errors were wrapped as io::Error::other; unwrap them again.
+                match source.into_inner().map(|e| e.downcast::<SeqpacketError>()) {
+                    Some(Ok(e)) => *e,
+                    _ => SeqpacketError::Io {
+                        op: "connect",
+                        source: io::Error::other("invalid socket path"),
+                    },
+                }
+            }
+        })?;
+        Ok(Self { fd })
+    }
+
+    /// A connected pair (socketpair), for tests and in-process use.
+    pub fn pair() -> Result<(Self, Self)> {
+        let mut fds = [0 as libc::c_int; 2];
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let ty = SOCK_TYPE | libc::SOCK_CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let ty = SOCK_TYPE;
+        // SAFETY: fds points to two writable c_ints, as socketpair requires.
+        let ret = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+        cvt(ret, "socketpair")?;
+        // SAFETY: both fds were just returned by socketpair and are owned by nobody else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        for fd in [&a, &b] {
+            set_cloexec(fd.as_raw_fd())?;
+            let one: libc::c_int = 1;
+            setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NOSIGPIPE, &one)?;
+        }
+        Ok((Self { fd: a }, Self { fd: b }))
+    }
+
+    /// Credentials of the peer process, from the kernel.
+    pub fn peer_cred(&self) -> Result<PeerCred> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let mut cred = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: cred and len are live and writable; len holds cred's size.
+            let ret = unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    (&mut cred as *mut libc::ucred).cast(),
+                    &mut len,
+                )
+            };
+            cvt(ret, "getsockopt(SO_PEERCRED)")?;
+            Ok(PeerCred {
+                pid: cred.pid,
+                uid: cred.uid,
+                gid: cred.gid,
+            })
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let mut uid: libc::uid_t = 0;
+            let mut gid: libc::gid_t = 0;
+            // SAFETY: uid and gid are live and writable.
+            let ret = unsafe { libc::getpeereid(self.fd.as_raw_fd(), &mut uid, &mut gid) };
+            cvt(ret, "getpeereid")?;
+            #[allow(unused_mut)]
+            let mut pid: libc::pid_t = 0;
+            #[cfg(target_vendor = "apple")]
+            {
+                let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
+                // SAFETY: pid and len are live and writable; len holds pid's size. A failure
+                // leaves pid at 0, which we report as "unknown".
+                let _ = unsafe {
+                    libc::getsockopt(
+                        self.fd.as_raw_fd(),
+                        libc::SOL_LOCAL,
+                        libc::LOCAL_PEERPID,
+                        (&mut pid as *mut libc::pid_t).cast(),
+                        &mut len,
+                    )
+                };
+            }
+            Ok(PeerCred { pid, uid, gid })
+        }
+    }
+
+    /// Sets the timeout of blocking receives (`None` = block forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        setsockopt(
+            self.fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeval(timeout),
+        )
+    }
+
+    /// Sets the timeout of blocking sends (`None` = block forever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        setsockopt(
+            self.fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &timeval(timeout),
+        )
+    }
+
+    /// Makes `send`/`recv` return [`SeqpacketError::TimedOut`] instead of blocking.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        set_nonblocking_fd(self.fd.as_raw_fd(), on)
+    }
+
+    /// Sends one whole message (blocking up to the write timeout).
+    pub fn send(&self, msg: &[u8]) -> Result<()> {
+        self.send_flags(msg, 0)
+    }
+
+    /// Sends one whole message without blocking: `Ok(false)` if the socket buffer is full
+    /// (nothing was sent).
+    pub fn try_send(&self, msg: &[u8]) -> Result<bool> {
+        match self.send_flags(msg, libc::MSG_DONTWAIT) {
+            Ok(()) => Ok(true),
+            Err(SeqpacketError::TimedOut { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives one whole message into `buf` (blocking up to the read timeout) and returns
+    /// its length. A message longer than `buf` is consumed and reported as
+    /// [`SeqpacketError::MessageTooLarge`]; end of stream is [`SeqpacketError::Closed`].
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize> {
+        self.recv_flags(buf, 0)
+    }
+
+    /// Like [`recv`](Self::recv) but never blocks: `Ok(None)` when no message is waiting.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Result<Option<usize>> {
+        match self.recv_flags(buf, libc::MSG_DONTWAIT) {
+            Ok(n) => Ok(Some(n)),
+            Err(SeqpacketError::TimedOut { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn send_flags(&self, msg: &[u8], flags: libc::c_int) -> Result<()> {
+        if msg.is_empty() {
+            return Err(SeqpacketError::EmptyMessage);
+        }
+        loop {
+            // SAFETY: msg is a live slice of msg.len() readable bytes.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    flags | SEND_FLAGS,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(map_send_err(last_err("send")));
+            }
+            // A seqpacket send is atomic: all or an error.
+            return Ok(());
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<usize> {
+        loop {
+            // SAFETY: buf is a live, writable slice of buf.len() bytes. MSG_TRUNC makes the
+            // kernel return the real length but it still writes at most buf.len() bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(last_err("recv"));
+            }
+            let n = n as usize;
+            if n == 0 {
+                // We never send empty messages, so 0 is end of stream.
+                return Err(SeqpacketError::Closed);
+            }
+            if n > buf.len() {
+                return Err(SeqpacketError::MessageTooLarge {
+                    len: n,
+                    max: buf.len(),
+                });
+            }
+            return Ok(n);
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn send_flags(&self, msg: &[u8], flags: libc::c_int) -> Result<()> {
+        if msg.is_empty() {
+            return Err(SeqpacketError::EmptyMessage);
+        }
+        let len = u32::try_from(msg.len()).map_err(|_| SeqpacketError::MessageTooLarge {
+            len: msg.len(),
+            max: u32::MAX as usize,
+        })?;
+        let mut frame = Vec::with_capacity(4 + msg.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(msg);
+        let mut sent = 0;
+        let mut flags = flags;
+        while sent < frame.len() {
+            let rest = frame.get(sent..).unwrap_or_default();
+            // SAFETY: rest is a live slice of rest.len() readable bytes.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    flags | SEND_FLAGS,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let err = map_send_err(last_err("send"));
+                if sent > 0 {
+                    // Part of a frame is out: the stream is now unusable.
+                    return Err(SeqpacketError::Framing {
+                        what: "send interrupted mid-message",
+                    });
+                }
+                return Err(err);
+            }
+            sent += n as usize;
+            // Once part of a frame is out, finish it blocking so the stream stays framed.
+            flags = 0;
+        }
+        // The frame held message bytes (maybe keys): clear it before freeing.
+        frame.iter_mut().for_each(|b| *b = 0);
+        Ok(())
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<usize> {
+        let mut hdr = [0u8; 4];
+        // Peek first so that a non-blocking call with no message waiting consumes nothing.
+        loop {
+            // SAFETY: hdr is a live, writable 4-byte buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    hdr.as_mut_ptr().cast(),
+                    hdr.len(),
+                    flags | libc::MSG_PEEK,
+                )
+            };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(last_err("recv"));
+            }
+            if n == 0 {
+                return Err(SeqpacketError::Closed);
+            }
+            break;
+        }
+        self.read_exact(&mut hdr)?;
+        let len = u32::from_le_bytes(hdr) as usize;
+        if len == 0 {
+            return Err(SeqpacketError::Framing {
+                what: "zero-length frame",
+            });
+        }
+        if len > buf.len() {
+            // Discard the body so the next message stays framed.
+            let mut left = len;
+            let mut sink = [0u8; 4096];
+            while left > 0 {
+                let take = left.min(sink.len());
+                self.read_exact(sink.get_mut(..take).unwrap_or_default())?;
+                left -= take;
+            }
+            return Err(SeqpacketError::MessageTooLarge {
+                len,
+                max: buf.len(),
+            });
+        }
+        self.read_exact(buf.get_mut(..len).unwrap_or_default())?;
+        Ok(len)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn read_exact(&self, buf: &mut [u8]) -> Result<()> {
+        let mut got = 0;
+        let mut stalls = 0u32;
+        while got < buf.len() {
+            let rest = buf.get_mut(got..).unwrap_or_default();
+            // SAFETY: rest is a live, writable slice of rest.len() bytes.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        // Non-blocking socket mid-frame: wait for the rest, bounded.
+                        stalls += 1;
+                        if stalls > 1 {
+                            return Err(SeqpacketError::Framing {
+                                what: "message body did not arrive in time",
+                            });
+                        }
+                        let fd = self.fd.as_fd();
+                        let mut ready = [false];
+                        poll_readable(&[fd], FALLBACK_BODY_TIMEOUT, &mut ready)?;
+                        continue;
+                    }
+                    _ => {
+                        return Err(SeqpacketError::Io {
+                            op: "recv",
+                            source: err,
+                        })
+                    }
+                }
+            }
+            if n == 0 {
+                return Err(SeqpacketError::Closed);
+            }
+            got += n as usize;
+        }
+        Ok(())
+    }
+}
+
+/// A send to a peer that went away is "closed", not an I/O failure.
+fn map_send_err(e: SeqpacketError) -> SeqpacketError {
+    match e {
+        SeqpacketError::Io { ref source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+            ) =>
+        {
+            SeqpacketError::Closed
+        }
+        other => other,
+    }
+}
+
+impl AsRawFd for SeqpacketConn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for SeqpacketConn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Waits until at least one of `fds` is readable (or hung up / in error, which a read then
+/// reports), or `timeout` passes. Sets `ready[i]` for each such fd and returns how many are
+/// ready (0 on timeout). `ready` must be at least as long as `fds`.
+pub fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+    ready: &mut [bool],
+) -> Result<usize> {
+    const MAX_FDS: usize = 8;
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; MAX_FDS];
+    let count = fds.len().min(MAX_FDS).min(ready.len());
+    for (p, fd) in pfds.iter_mut().zip(fds.iter()).take(count) {
+        p.fd = fd.as_raw_fd();
+        p.events = libc::POLLIN;
+    }
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: pfds is a live array of at least `count` pollfd entries.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), count as libc::nfds_t, ms) };
+    if n < 0 {
+        if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            // A signal cut the wait short: report "nothing ready"; callers loop anyway.
+            ready.iter_mut().for_each(|r| *r = false);
+            return Ok(0);
+        }
+        return Err(last_err("poll"));
+    }
+    let mut got = 0;
+    for (r, p) in ready.iter_mut().zip(pfds.iter()).take(count) {
+        *r = p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+        got += usize::from(*r);
+    }
+    Ok(got)
+}
+
+/// The effective user id of this process (the IPC server accepts peers with this uid or 0).
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A path that fits in `sun_path`, helpful to callers choosing a socket location.
+pub fn max_path_len() -> usize {
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_path.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn temp_sock(tag: &str) -> (PathBuf, PathBuf) {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "smsp-{}-{}-{}",
+            tag,
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        (dir, sock)
+    }
+
+    #[test]
+    fn bind_sets_mode_0600_and_accept_reports_our_creds() {
+        let (dir, path) = temp_sock("mode");
+        let l = SeqpacketListener::bind(&path, 0o600).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let c = SeqpacketConn::connect(&path).unwrap();
+        let (s, cred) = l.accept().unwrap();
+        assert_eq!(cred.pid as u32, std::process::id());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(cred.uid, unsafe { libc::geteuid() });
+        c.send(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.recv(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        drop(l);
+        assert!(!path.exists(), "listener drop removes its socket file");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn message_boundaries_kept_and_oversize_detected() {
+        let (a, b) = SeqpacketConn::pair().unwrap();
+        a.send(&[1; 10]).unwrap();
+        a.send(&[2; 100]).unwrap();
+        a.send(&[3; 3]).unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(b.recv(&mut buf).unwrap(), 10);
+        match b.recv(&mut buf) {
+            Err(SeqpacketError::MessageTooLarge { len, max }) => {
+                assert_eq!(max, 32);
+                assert!(len > 32);
+            }
+            other => panic!("expected MessageTooLarge, got {other:?}"),
+        }
+        // The oversize message was consumed; the next one is intact.
+        assert_eq!(b.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], &[3, 3, 3]);
+        assert!(b.try_recv(&mut buf).unwrap().is_none());
+        assert!(matches!(a.send(&[]), Err(SeqpacketError::EmptyMessage)));
+        drop(a);
+        assert!(matches!(b.recv(&mut buf), Err(SeqpacketError::Closed)));
+    }
+
+    #[test]
+    fn read_timeout_and_poll() {
+        let (a, b) = SeqpacketConn::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            b.recv(&mut buf),
+            Err(SeqpacketError::TimedOut { .. })
+        ));
+        let mut ready = [false; 1];
+        assert_eq!(
+            poll_readable(&[b.as_fd()], Duration::from_millis(10), &mut ready).unwrap(),
+            0
+        );
+        a.send(b"x").unwrap();
+        assert_eq!(
+            poll_readable(&[b.as_fd()], Duration::from_millis(1000), &mut ready).unwrap(),
+            1
+        );
+        assert!(ready[0]);
+    }
+
+    #[test]
+    fn stale_socket_replaced_live_one_refused_file_kept() {
+        let (dir, path) = temp_sock("stale");
+        let l = SeqpacketListener::bind(&path, 0o600).unwrap();
+        assert!(matches!(
+            SeqpacketListener::bind(&path, 0o600),
+            Err(SeqpacketError::InUse { .. })
+        ));
+        drop(l);
+        // Leave a stale socket file behind: std's listener does not unlink on drop.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let l2 = SeqpacketListener::bind(&path, 0o600).unwrap();
+        drop(l2);
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            SeqpacketListener::bind(&path, 0o600),
+            Err(SeqpacketError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn path_too_long_is_an_error() {
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(200)));
+        assert!(matches!(
+            SeqpacketListener::bind(&long, 0o600),
+            Err(SeqpacketError::PathTooLong { .. })
+        ));
+        assert!(matches!(
+            SeqpacketConn::connect(&long),
+            Err(SeqpacketError::PathTooLong { .. })
+        ));
+    }
+}

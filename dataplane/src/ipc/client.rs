@@ -1,0 +1,226 @@
+//! The blocking IPC client: connects to the dataplane's IPC socket, exchanges Hellos, sends
+//! requests and waits for their replies, and queues the events that arrive meanwhile.
+//!
+//! It owns request ids and the bounded event queue. It must never wait without a deadline
+//! (every wait is bounded by the client's timeout) and never keep an encoded request (which
+//! may hold keys) after sending it.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shadowmesh_platform::seqpacket::{self, SeqpacketConn, SeqpacketError};
+use zeroize::Zeroizing;
+
+use super::proto::{self, DownFrame, DownMsg, Hello, Role, UpFrame, UpMsg, MAX_MSG};
+use super::IpcError;
+
+/// Default wait for a Hello or a reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most events kept while nobody reads them; older ones are dropped (counted) first.
+pub const EVENT_QUEUE_MAX: usize = 1024;
+
+/// The one place the IPC client reads the clock. The client is an I/O driver, not protocol
+/// logic: the clock only bounds how long it waits for the dataplane.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "I/O driver deadline for blocking IPC waits; no protocol state depends on it"
+)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// A connected, greeted IPC client.
+#[derive(Debug)]
+pub struct IpcClient {
+    conn: SeqpacketConn,
+    next_id: u32,
+    timeout: Duration,
+    events: VecDeque<UpMsg>,
+    events_dropped: u64,
+    buf: Vec<u8>,
+}
+
+impl IpcClient {
+    /// Connects to the dataplane at `path` and exchanges Hellos (waits [`DEFAULT_TIMEOUT`]).
+    pub fn connect(path: &Path) -> Result<Self, IpcError> {
+        Self::connect_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// Like [`connect`](Self::connect), with `timeout` for the Hello and later replies.
+    pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self, IpcError> {
+        let conn = SeqpacketConn::connect(path)?;
+        Self::handshake(conn, timeout, Hello::ours(Role::Control))
+    }
+
+    /// Sends `hello` on `conn` and waits for the dataplane's Hello. Exposed to tests (which
+    /// send other versions) through [`connect_with_hello`](Self::connect_with_hello).
+    fn handshake(conn: SeqpacketConn, timeout: Duration, hello: Hello) -> Result<Self, IpcError> {
+        conn.set_write_timeout(Some(timeout))?;
+        let mut client = Self {
+            conn,
+            next_id: 1,
+            timeout,
+            events: VecDeque::new(),
+            events_dropped: 0,
+            buf: vec![0u8; MAX_MSG],
+        };
+        let mut out = Vec::with_capacity(8);
+        proto::encode_down(&DownFrame::Hello(hello), &mut out)?;
+        client.conn.send(&out)?;
+        let deadline = now() + timeout;
+        match client.recv_frame(deadline, "Hello from the dataplane")? {
+            // Compare with the version we announced (normally ours; tests announce others).
+            UpFrame::Hello(h) if h.version != hello.version => Err(IpcError::VersionMismatch {
+                ours: hello.version,
+                theirs: h.version,
+            }),
+            UpFrame::Hello(h) if h.role == Role::Dataplane => Ok(client),
+            UpFrame::Hello(h) => Err(IpcError::Protocol {
+                expected: "a Hello with role dataplane",
+                got: format!("role {:?}", h.role),
+            }),
+            UpFrame::Reply {
+                id,
+                msg: UpMsg::Error { code, message },
+            } => Err(IpcError::Remote { id, code, message }),
+            other => Err(IpcError::Protocol {
+                expected: "Hello",
+                got: frame_name(&other).into(),
+            }),
+        }
+    }
+
+    /// Connects and greets with an arbitrary Hello (tests of version handling).
+    #[doc(hidden)]
+    pub fn connect_with_hello(path: &Path, hello: Hello) -> Result<Self, IpcError> {
+        let conn = SeqpacketConn::connect(path)?;
+        Self::handshake(conn, DEFAULT_TIMEOUT, hello)
+    }
+
+    /// Changes the wait for replies and events.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), IpcError> {
+        self.conn.set_write_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Sends a request and waits for its reply: `Ack` or the reply message (`Stats`). An
+    /// `Error` reply becomes [`IpcError::Remote`]. Events that arrive meanwhile are queued.
+    pub fn request(&mut self, msg: DownMsg) -> Result<UpMsg, IpcError> {
+        let id = self.next_id;
+        // 0 is the id of replies to requests whose id could not be read; never use it.
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        {
+            // The encoding may hold session keys: wipe it once sent.
+            let mut out = Zeroizing::new(Vec::with_capacity(256));
+            proto::encode_down(&DownFrame::Request { id, msg }, &mut out)?;
+            self.conn.send(&out)?;
+        }
+        let deadline = now() + self.timeout;
+        loop {
+            match self.recv_frame(deadline, "reply")? {
+                UpFrame::Reply { id: rid, msg } if rid == id || rid == 0 => {
+                    return match msg {
+                        UpMsg::Error { code, message } => Err(IpcError::Remote {
+                            id: rid,
+                            code,
+                            message,
+                        }),
+                        other => Ok(other),
+                    };
+                }
+                UpFrame::Reply { id: rid, .. } => {
+                    // A late reply to an earlier request that timed out.
+                    tracing::debug!(expected = id, got = rid, "stale IPC reply ignored");
+                }
+                UpFrame::Event(ev) => self.queue_event(ev),
+                UpFrame::Hello(_) => {
+                    return Err(IpcError::Protocol {
+                        expected: "a reply",
+                        got: "a second Hello".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Returns the next event, waiting up to `timeout`; `Ok(None)` if none came.
+    pub fn recv_event(&mut self, timeout: Duration) -> Result<Option<UpMsg>, IpcError> {
+        if let Some(ev) = self.events.pop_front() {
+            return Ok(Some(ev));
+        }
+        let deadline = now() + timeout;
+        loop {
+            match self.recv_frame(deadline, "event") {
+                Ok(UpFrame::Event(ev)) => return Ok(Some(ev)),
+                Ok(UpFrame::Reply { id, .. }) => {
+                    tracing::debug!(id, "stale IPC reply ignored");
+                }
+                Ok(UpFrame::Hello(_)) => {
+                    return Err(IpcError::Protocol {
+                        expected: "an event",
+                        got: "a second Hello".into(),
+                    })
+                }
+                Err(IpcError::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    /// The underlying connection (e.g. to send raw bytes in tests).
+    #[doc(hidden)]
+    pub fn raw_conn(&self) -> &SeqpacketConn {
+        &self.conn
+    }
+
+    fn queue_event(&mut self, ev: UpMsg) {
+        if self.events.len() >= EVENT_QUEUE_MAX {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(ev);
+    }
+
+    /// Receives and decodes one frame before `deadline`.
+    fn recv_frame(&mut self, deadline: Instant, what: &'static str) -> Result<UpFrame, IpcError> {
+        let mut ready = [false];
+        loop {
+            let left = deadline.saturating_duration_since(now());
+            if left.is_zero() {
+                return Err(IpcError::Timeout {
+                    what,
+                    after: self.timeout,
+                });
+            }
+            seqpacket::poll_readable(&[self.conn.as_fd()], left, &mut ready)?;
+            if !ready[0] {
+                continue;
+            }
+            match self.conn.try_recv(&mut self.buf) {
+                Ok(Some(n)) => {
+                    let bytes = self.buf.get(..n).unwrap_or_default();
+                    return Ok(proto::decode_up(bytes)?);
+                }
+                Ok(None) => continue,
+                Err(SeqpacketError::Closed) => return Err(IpcError::Closed),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn frame_name(f: &UpFrame) -> &'static str {
+    match f {
+        UpFrame::Hello(_) => "Hello",
+        UpFrame::Reply { .. } => "a reply",
+        UpFrame::Event(_) => "an event",
+    }
+}

@@ -1,0 +1,425 @@
+//! The dataplane's IPC thread: serves one control connection at a time on the IPC socket,
+//! hands each decoded request to an [`IpcHandler`] and forwards the engine's events up.
+//!
+//! It owns the connection's life cycle (peer check, Hello, replacing an old connection with a
+//! new one) and the server-side counters. It must never block the engine (events go over a
+//! channel and are dropped, counted, when nobody listens or the client's buffer is full),
+//! never log message contents (keys) and never busy-spin: it sleeps in `poll` for at most
+//! [`POLL_INTERVAL`] between looks at the event channel and the stop flag.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use shadowmesh_platform::seqpacket::{
+    self, PeerCred, SeqpacketConn, SeqpacketError, SeqpacketListener,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::proto::{self, DownFrame, DownMsg, ErrorCode, Hello, Role, UpFrame, UpMsg, MAX_MSG};
+use super::IpcError;
+
+/// Longest sleep between looks at the event channel and the stop flag. Bounds both the stop
+/// latency and the delay of an event that arrives while the socket is idle.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a reply may wait for room in the client's socket buffer before the client is
+/// considered stuck and dropped.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most requests handled per wake-up, so events keep flowing under a request flood.
+const REQUESTS_PER_ROUND: usize = 64;
+/// Most events forwarded per wake-up, so requests keep being served under an event flood.
+const EVENTS_PER_ROUND: usize = 256;
+
+/// What the engine implements to act on control-plane requests.
+pub trait IpcHandler {
+    /// Applies one request. `Ok(None)` is acknowledged with `Ack`; `Ok(Some(reply))` sends
+    /// `reply` (e.g. `Stats` for `GetStats`); `Err(why)` sends an `Error` carrying `why`
+    /// (never put key material in it).
+    fn handle(&mut self, msg: DownMsg) -> Result<Option<UpMsg>, String>;
+}
+
+/// Server-side counters, readable while [`IpcServer::run`] runs.
+#[derive(Debug, Default)]
+pub struct IpcCounters {
+    /// Connections accepted (peer check passed).
+    pub connections: AtomicU64,
+    /// Connections refused by the peer-credential check.
+    pub refused_peers: AtomicU64,
+    /// Requests handed to the handler.
+    pub requests: AtomicU64,
+    /// Messages that failed to decode (answered with `Error`).
+    pub malformed: AtomicU64,
+    /// Messages larger than [`MAX_MSG`] (answered with `Error`).
+    pub too_large: AtomicU64,
+    /// Events forwarded to a client.
+    pub events_sent: AtomicU64,
+    /// Events dropped because no client was connected.
+    pub events_dropped_no_client: AtomicU64,
+    /// Events dropped because the client's socket buffer was full.
+    pub events_dropped_full: AtomicU64,
+}
+
+impl IpcCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why [`IpcServer::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The stop flag was set.
+    StopFlag,
+    /// The client sent `Shutdown` and the handler accepted it.
+    Shutdown,
+}
+
+/// The IPC server: a bound, listening socket (mode 0600) plus counters.
+#[derive(Debug)]
+pub struct IpcServer {
+    listener: SeqpacketListener,
+    counters: Arc<IpcCounters>,
+    our_uid: u32,
+}
+
+/// The current control connection.
+struct Client {
+    conn: SeqpacketConn,
+    cred: PeerCred,
+    greeted: bool,
+}
+
+impl IpcServer {
+    /// Binds the IPC socket at `path` with mode 0600 (a stale socket file is replaced; a
+    /// live one is an error).
+    pub fn bind(path: &Path) -> Result<Self, IpcError> {
+        let listener = SeqpacketListener::bind(path, 0o600)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener,
+            counters: Arc::new(IpcCounters::default()),
+            our_uid: seqpacket::current_uid(),
+        })
+    }
+
+    /// The counters, shared with the running server.
+    pub fn counters(&self) -> Arc<IpcCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        self.listener.path()
+    }
+
+    /// Serves until `stop` is set (noticed within [`POLL_INTERVAL`]) or a `Shutdown` request
+    /// is accepted. Returns an error only if the listening socket itself fails; a failing
+    /// client connection is dropped and the server waits for the next one.
+    pub fn run(
+        self,
+        handler: &mut impl IpcHandler,
+        up: Receiver<UpMsg>,
+        stop: &AtomicBool,
+    ) -> Result<StopReason, IpcError> {
+        let mut client: Option<Client> = None;
+        // Requests may carry keys: the receive and send buffers are wiped on drop, and the
+        // received bytes after each message.
+        let mut buf = Zeroizing::new(vec![0u8; MAX_MSG]);
+        let mut out = Zeroizing::new(Vec::with_capacity(4096));
+        let mut ready = [false; 2];
+        while !stop.load(Ordering::Acquire) {
+            let polled = match &client {
+                Some(c) => seqpacket::poll_readable(
+                    &[self.listener.as_fd(), c.conn.as_fd()],
+                    POLL_INTERVAL,
+                    &mut ready,
+                ),
+                None => {
+                    ready[1] = false;
+                    seqpacket::poll_readable(&[self.listener.as_fd()], POLL_INTERVAL, &mut ready)
+                }
+            };
+            polled?;
+            if ready[0] {
+                self.accept_pending(&mut client)?;
+            }
+            if ready[1] {
+                if let Some(c) = client.as_mut() {
+                    match self.serve_requests(c, handler, &mut buf, &mut out) {
+                        Ok(false) => {}
+                        Ok(true) => return Ok(StopReason::Shutdown),
+                        Err(e) => {
+                            tracing::info!(pid = c.cred.pid, uid = c.cred.uid, error = %e, "IPC client disconnected");
+                            client = None;
+                        }
+                    }
+                }
+            }
+            self.forward_events(&mut client, &up, &mut out);
+        }
+        Ok(StopReason::StopFlag)
+    }
+
+    /// Accepts every pending connection; a permitted one replaces the current client.
+    fn accept_pending(&self, client: &mut Option<Client>) -> Result<(), IpcError> {
+        // Bounded: a flood of connects cannot starve the current client.
+        for _ in 0..8 {
+            let (conn, cred) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(SeqpacketError::TimedOut { .. }) => return Ok(()),
+                Err(e) if e.is_transient_accept_error() => {
+                    tracing::warn!(error = %e, "IPC accept failed; will retry");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if cred.uid != 0 && cred.uid != self.our_uid {
+                IpcCounters::bump(&self.counters.refused_peers);
+                tracing::warn!(
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    our_uid = self.our_uid,
+                    "refusing IPC connection: uid is neither 0 nor ours"
+                );
+                continue;
+            }
+            if let Err(e) = conn.set_write_timeout(Some(REPLY_TIMEOUT)) {
+                tracing::warn!(error = %e, "IPC connection setup failed");
+                continue;
+            }
+            if let Some(old) = client.take() {
+                tracing::info!(
+                    old_pid = old.cred.pid,
+                    new_pid = cred.pid,
+                    "new IPC control connection replaces the old one"
+                );
+            } else {
+                tracing::info!(pid = cred.pid, uid = cred.uid, "IPC control connection");
+            }
+            IpcCounters::bump(&self.counters.connections);
+            *client = Some(Client {
+                conn,
+                cred,
+                greeted: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Handles the waiting requests of `c`. `Ok(true)` = shutdown accepted; `Err` = drop
+    /// the connection.
+    fn serve_requests(
+        &self,
+        c: &mut Client,
+        handler: &mut impl IpcHandler,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, IpcError> {
+        for _ in 0..REQUESTS_PER_ROUND {
+            let n = match c.conn.try_recv(buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(false),
+                Err(SeqpacketError::MessageTooLarge { len, max }) => {
+                    // Seqpacket discarded the rest, so framing is intact: answer and go on.
+                    IpcCounters::bump(&self.counters.too_large);
+                    let id = proto::request_id(buf).unwrap_or(0);
+                    buf.zeroize();
+                    let msg = UpMsg::error(
+                        ErrorCode::TOO_LARGE,
+                        format!("message too large: {len} bytes, expected at most {max}"),
+                    );
+                    send(c, &UpFrame::Reply { id, msg }, out)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let msg = buf.get(..n).unwrap_or_default();
+            let decoded = proto::decode_down(msg);
+            let id = proto::request_id(msg).unwrap_or(0);
+            // The decoded message owns its own (zeroizing) copies of any keys.
+            buf.get_mut(..n).unwrap_or_default().zeroize();
+            match decoded {
+                Ok(DownFrame::Hello(hello)) => self.on_hello(c, hello, out)?,
+                Err(proto::DecodeError::VersionMismatch { ours, theirs }) => {
+                    tracing::warn!(
+                        ours,
+                        theirs,
+                        pid = c.cred.pid,
+                        "IPC client speaks another protocol version; closing"
+                    );
+                    // Tell the client our version so it can report both, then hang up.
+                    send(c, &UpFrame::Hello(Hello::ours(Role::Dataplane)), out)?;
+                    return Err(IpcError::VersionMismatch { ours, theirs });
+                }
+                Ok(DownFrame::Request { .. }) if !c.greeted => {
+                    let msg =
+                        UpMsg::error(ErrorCode::PROTOCOL, "expected Hello before any request");
+                    send(c, &UpFrame::Reply { id, msg }, out)?;
+                    return Err(IpcError::Protocol {
+                        expected: "Hello",
+                        got: "a request".into(),
+                    });
+                }
+                Ok(DownFrame::Request { id, msg }) => {
+                    IpcCounters::bump(&self.counters.requests);
+                    let shutdown = matches!(msg, DownMsg::Shutdown);
+                    let result = handler.handle(msg);
+                    let accepted = result.is_ok();
+                    self.reply(c, id, result, out)?;
+                    if shutdown && accepted {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => {
+                    IpcCounters::bump(&self.counters.malformed);
+                    tracing::debug!(error = %e, id, "malformed IPC message");
+                    let msg = UpMsg::error(ErrorCode::MALFORMED, e.to_string());
+                    send(c, &UpFrame::Reply { id, msg }, out)?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn on_hello(&self, c: &mut Client, hello: Hello, out: &mut Vec<u8>) -> Result<(), IpcError> {
+        if c.greeted {
+            let msg = UpMsg::error(ErrorCode::PROTOCOL, "second Hello on one connection");
+            return send(c, &UpFrame::Reply { id: 0, msg }, out);
+        }
+        if hello.role != Role::Control {
+            let msg = UpMsg::error(ErrorCode::PROTOCOL, "expected a Hello with role control");
+            send(c, &UpFrame::Reply { id: 0, msg }, out)?;
+            return Err(IpcError::Protocol {
+                expected: "role control",
+                got: format!("{:?}", hello.role),
+            });
+        }
+        c.greeted = true;
+        send(c, &UpFrame::Hello(Hello::ours(Role::Dataplane)), out)
+    }
+
+    fn reply(
+        &self,
+        c: &mut Client,
+        id: u32,
+        result: Result<Option<UpMsg>, String>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), IpcError> {
+        let (reply, extra_event) = match result {
+            Ok(None) => (UpMsg::Ack, None),
+            Ok(Some(m @ (UpMsg::Ack | UpMsg::Error { .. } | UpMsg::Stats(_)))) => (m, None),
+            // A handler answering with an event type: acknowledge, then send it as an event.
+            Ok(Some(event)) => (UpMsg::Ack, Some(event)),
+            Err(why) => (UpMsg::error(ErrorCode::REJECTED, why), None),
+        };
+        match send(c, &UpFrame::Reply { id, msg: reply }, out) {
+            Err(IpcError::Encode(e)) => {
+                let msg = UpMsg::error(
+                    ErrorCode::REJECTED,
+                    format!("reply could not be encoded: {e}"),
+                );
+                send(c, &UpFrame::Reply { id, msg }, out)?;
+            }
+            other => other?,
+        }
+        if let Some(event) = extra_event {
+            send(c, &UpFrame::Event(event), out)?;
+        }
+        Ok(())
+    }
+
+    /// Forwards up to [`EVENTS_PER_ROUND`] events; drops them, counted, with no client.
+    fn forward_events(&self, client: &mut Option<Client>, up: &Receiver<UpMsg>, out: &mut Vec<u8>) {
+        for _ in 0..EVENTS_PER_ROUND {
+            let event = match up.try_recv() {
+                Ok(ev) => ev,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            };
+            let Some(c) = client.as_mut().filter(|c| c.greeted) else {
+                IpcCounters::bump(&self.counters.events_dropped_no_client);
+                continue;
+            };
+            out.clear();
+            if let Err(e) = proto::encode_up(&UpFrame::Event(event), out) {
+                tracing::warn!(error = %e, "IPC event could not be encoded; dropped");
+                continue;
+            }
+            match c.conn.try_send(out) {
+                Ok(true) => IpcCounters::bump(&self.counters.events_sent),
+                Ok(false) => IpcCounters::bump(&self.counters.events_dropped_full),
+                Err(e) => {
+                    tracing::info!(pid = c.cred.pid, error = %e, "IPC client gone while sending an event");
+                    IpcCounters::bump(&self.counters.events_dropped_no_client);
+                    *client = None;
+                }
+            }
+        }
+    }
+}
+
+fn send(c: &mut Client, frame: &UpFrame, out: &mut Vec<u8>) -> Result<(), IpcError> {
+    out.clear();
+    proto::encode_up(frame, out)?;
+    c.conn.send(out)?;
+    Ok(())
+}
+
+/// An in-memory [`IpcHandler`] for tests and dry runs: records what it is told.
+#[derive(Debug, Default)]
+pub struct MemoryHandler {
+    /// Installed sessions by local index.
+    pub sessions: std::collections::BTreeMap<u32, proto::InstallSession>,
+    /// Allowed prefixes by peer.
+    pub routes: std::collections::BTreeMap<u32, Vec<(std::net::IpAddr, u8)>>,
+    /// Endpoints by peer.
+    pub endpoints: std::collections::BTreeMap<u32, std::net::SocketAddr>,
+    /// Control datagrams it was asked to send.
+    pub sent_control: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    /// What `GetStats` answers.
+    pub stats: proto::Stats,
+    /// Whether `Shutdown` was received.
+    pub shutdown: bool,
+}
+
+impl IpcHandler for MemoryHandler {
+    fn handle(&mut self, msg: DownMsg) -> Result<Option<UpMsg>, String> {
+        match msg {
+            DownMsg::InstallSession(s) => {
+                self.sessions.insert(s.local_index, s);
+            }
+            DownMsg::RemoveSession { local_index } => {
+                if self.sessions.remove(&local_index).is_none() {
+                    return Err(format!("no session with local index {local_index}"));
+                }
+            }
+            DownMsg::RemovePeer { peer } => {
+                let before = self.sessions.len();
+                self.sessions.retain(|_, s| s.peer != peer);
+                let had_sessions = before != self.sessions.len();
+                let had_routes = self.routes.remove(&peer).is_some();
+                let had_endpoint = self.endpoints.remove(&peer).is_some();
+                let had = had_sessions || had_routes || had_endpoint;
+                if !had {
+                    return Err(format!("no peer {peer}"));
+                }
+            }
+            DownMsg::SetRoutes { peer, prefixes } => {
+                self.routes.insert(peer, prefixes);
+            }
+            DownMsg::SetEndpoint { peer, addr } => {
+                self.endpoints.insert(peer, addr);
+            }
+            DownMsg::SendControl { dst, payload } => self.sent_control.push((dst, payload)),
+            DownMsg::GetStats { first_peer } => {
+                let mut page = self.stats.clone();
+                page.peers.retain(|p| p.peer >= first_peer);
+                return Ok(Some(UpMsg::Stats(page)));
+            }
+            DownMsg::Shutdown => self.shutdown = true,
+        }
+        Ok(None)
+    }
+}
