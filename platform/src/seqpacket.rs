@@ -873,16 +873,64 @@ pub fn poll_readable(
     timeout: Duration,
     ready: &mut [bool],
 ) -> Result<usize> {
-    const MAX_FDS: usize = 8;
+    let mut pfds = [PollFd::NONE; MAX_POLL_FDS];
+    for (p, fd) in pfds.iter_mut().zip(fds.iter()) {
+        *p = PollFd {
+            fd: Some(*fd),
+            write: false,
+        };
+    }
+    let count = fds.len().min(MAX_POLL_FDS);
+    let mut states = [Ready::default(); MAX_POLL_FDS];
+    let got = poll(pfds.get(..count).unwrap_or_default(), timeout, &mut states)?;
+    for (r, st) in ready.iter_mut().zip(states.iter()).take(count) {
+        *r = st.readable;
+    }
+    Ok(got)
+}
+
+/// Most fds one [`poll`] call watches; further entries are ignored.
+pub const MAX_POLL_FDS: usize = 8;
+
+/// One fd for [`poll`]: always watched for reading, and for writing if `write`.
+#[derive(Debug, Clone, Copy)]
+pub struct PollFd<'a> {
+    /// The fd (`None` = an unused slot).
+    pub fd: Option<BorrowedFd<'a>>,
+    /// Also wake when it becomes writable.
+    pub write: bool,
+}
+
+impl PollFd<'_> {
+    /// An unused slot.
+    pub const NONE: PollFd<'static> = PollFd {
+        fd: None,
+        write: false,
+    };
+}
+
+/// What [`poll`] found for one fd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Readable, hung up or in error (a read reports which).
+    pub readable: bool,
+    /// Writable (only if asked), or in error (a write reports it).
+    pub writable: bool,
+}
+
+/// Waits until one of `fds` is ready as asked, or `timeout` passes; fills `ready` (at least
+/// as long as `fds`) and returns how many fds are ready (0 on timeout or on a signal).
+pub fn poll(fds: &[PollFd<'_>], timeout: Duration, ready: &mut [Ready]) -> Result<usize> {
     let mut pfds = [libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; MAX_FDS];
-    let count = fds.len().min(MAX_FDS).min(ready.len());
-    for (p, fd) in pfds.iter_mut().zip(fds.iter()).take(count) {
-        p.fd = fd.as_raw_fd();
-        p.events = libc::POLLIN;
+    }; MAX_POLL_FDS];
+    let count = fds.len().min(MAX_POLL_FDS).min(ready.len());
+    for (p, f) in pfds.iter_mut().zip(fds.iter()).take(count) {
+        // A negative fd makes poll skip the entry.
+        p.fd = f.fd.map_or(-1, |fd| fd.as_raw_fd());
+        p.events = libc::POLLIN | if f.write { libc::POLLOUT } else { 0 };
     }
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: pfds is a live array of at least `count` pollfd entries.
@@ -890,17 +938,78 @@ pub fn poll_readable(
     if n < 0 {
         if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
             // A signal cut the wait short: report "nothing ready"; callers loop anyway.
-            ready.iter_mut().for_each(|r| *r = false);
+            ready.iter_mut().for_each(|r| *r = Ready::default());
             return Ok(0);
         }
         return Err(last_err("poll"));
     }
     let mut got = 0;
     for (r, p) in ready.iter_mut().zip(pfds.iter()).take(count) {
-        *r = p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
-        got += usize::from(*r);
+        let err = p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+        r.readable = err || p.revents & libc::POLLIN != 0;
+        r.writable = err || p.revents & libc::POLLOUT != 0;
+        got += usize::from(r.readable || r.writable);
     }
     Ok(got)
+}
+
+/// A wake-up fd for a thread sleeping in [`poll_readable`]: another thread calls
+/// [`wake`](Self::wake) after queueing work (e.g. on a channel that cannot be polled), the
+/// sleeper polls [`as_fd`](AsFd::as_fd) and calls [`drain`](Self::drain) when it is readable.
+/// A non-blocking pipe, so it works on every Unix; wakes coalesce (a full pipe is already
+/// awake).
+#[derive(Debug)]
+pub struct Wakeup {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Wakeup {
+    /// Creates the pipe (both ends non-blocking and close-on-exec).
+    pub fn new() -> Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: fds points to two writable c_ints, as pipe requires.
+        let ret = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        cvt(ret, "pipe")?;
+        // SAFETY: both fds were just returned by pipe and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        for fd in [&read, &write] {
+            set_nonblocking_fd(fd.as_raw_fd(), true)?;
+            // SAFETY: fcntl on an fd we own, with integer arguments only.
+            let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            cvt(ret, "fcntl(FD_CLOEXEC)")?;
+        }
+        Ok(Self { read, write })
+    }
+
+    /// Makes the read end readable. Never blocks; safe to call from any thread.
+    pub fn wake(&self) {
+        let b = [1u8];
+        // SAFETY: b is a live 1-byte buffer. EAGAIN (pipe full) means a wake is already
+        // pending, which is all we want; other errors cannot be acted on here.
+        let _ = unsafe { libc::write(self.write.as_raw_fd(), b.as_ptr().cast(), 1) };
+    }
+
+    /// Empties the pipe so the next poll sleeps until the next wake.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        // Bounded: the pipe holds at most its capacity, and wakes racing with us only
+        // leave it readable again, which is correct.
+        for _ in 0..1024 {
+            // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl AsFd for Wakeup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
 }
 
 /// The effective user id of this process (the IPC server accepts peers with this uid or 0).
@@ -1021,6 +1130,28 @@ mod tests {
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn wakeup_wakes_poll_and_drains() {
+        let w = Wakeup::new().unwrap();
+        let mut ready = [false];
+        assert_eq!(
+            poll_readable(&[w.as_fd()], Duration::ZERO, &mut ready).unwrap(),
+            0
+        );
+        for _ in 0..100_000 {
+            w.wake(); // far more than the pipe holds: must never block
+        }
+        assert_eq!(
+            poll_readable(&[w.as_fd()], Duration::ZERO, &mut ready).unwrap(),
+            1
+        );
+        w.drain();
+        assert_eq!(
+            poll_readable(&[w.as_fd()], Duration::ZERO, &mut ready).unwrap(),
+            0
+        );
     }
 
     #[test]

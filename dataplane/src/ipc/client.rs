@@ -189,10 +189,20 @@ impl IpcClient {
         self.events.push_back(ev);
     }
 
-    /// Receives and decodes one frame before `deadline`.
+    /// Receives and decodes one frame before `deadline`. A frame already waiting is
+    /// returned even if the deadline has passed (so a zero timeout still drains the socket).
     fn recv_frame(&mut self, deadline: Instant, what: &'static str) -> Result<UpFrame, IpcError> {
         let mut ready = [false];
         loop {
+            match self.conn.try_recv(&mut self.buf) {
+                Ok(Some(n)) => {
+                    let bytes = self.buf.get(..n).unwrap_or_default();
+                    return Ok(proto::decode_up(bytes)?);
+                }
+                Ok(None) => {}
+                Err(SeqpacketError::Closed) => return Err(IpcError::Closed),
+                Err(e) => return Err(e.into()),
+            }
             let left = deadline.saturating_duration_since(now());
             if left.is_zero() {
                 return Err(IpcError::Timeout {
@@ -201,18 +211,6 @@ impl IpcClient {
                 });
             }
             seqpacket::poll_readable(&[self.conn.as_fd()], left, &mut ready)?;
-            if !ready[0] {
-                continue;
-            }
-            match self.conn.try_recv(&mut self.buf) {
-                Ok(Some(n)) => {
-                    let bytes = self.buf.get(..n).unwrap_or_default();
-                    return Ok(proto::decode_up(bytes)?);
-                }
-                Ok(None) => continue,
-                Err(SeqpacketError::Closed) => return Err(IpcError::Closed),
-                Err(e) => return Err(e.into()),
-            }
         }
     }
 }

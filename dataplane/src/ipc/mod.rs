@@ -22,7 +22,7 @@ pub use proto::{
     DownMsg, DropCause, ErrorCode, InstallSession, PeerStats, Slot, Stats, UpMsg, WorkerStats,
     MAX_MSG, PROTOCOL_VERSION,
 };
-pub use server::{IpcCounters, IpcHandler, IpcServer, MemoryHandler, StopReason};
+pub use server::{IpcCounters, IpcHandler, IpcServer, IpcWaker, MemoryHandler, StopReason};
 
 /// Errors of the IPC server and client.
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,11 @@
 //! hands each decoded request to an [`IpcHandler`] and forwards the engine's events up.
 //!
 //! It owns the connection's life cycle (peer check, Hello, replacing an old connection with a
-//! new one) and the server-side counters. It must never block the engine (events go over a
-//! channel and are dropped, counted, when nobody listens or the client's buffer is full),
-//! never log message contents (keys) and never busy-spin: it sleeps in `poll` for at most
+//! new one) and the server-side counters. It must never block the engine: events come over a
+//! bounded channel (when the client reads slowly they wait there, so a full channel is the
+//! engine's signal to count a drop; with no client they are dropped and counted here). It
+//! never logs message contents (keys) and never busy-spins: it sleeps in `poll` on the
+//! listener, the client and an optional wake-up pipe ([`IpcServer::waker`]) for at most
 //! [`POLL_INTERVAL`] between looks at the event channel and the stop flag.
 
 use std::os::fd::AsFd;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use shadowmesh_platform::seqpacket::{
-    self, PeerCred, SeqpacketConn, SeqpacketError, SeqpacketListener,
+    self, PeerCred, PollFd, Ready, SeqpacketConn, SeqpacketError, SeqpacketListener, Wakeup,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -58,8 +60,9 @@ pub struct IpcCounters {
     pub events_sent: AtomicU64,
     /// Events dropped because no client was connected.
     pub events_dropped_no_client: AtomicU64,
-    /// Events dropped because the client's socket buffer was full.
-    pub events_dropped_full: AtomicU64,
+    /// Times an event had to wait because the client's socket buffer was full (it is sent
+    /// later; meanwhile newer events wait in the channel).
+    pub events_deferred: AtomicU64,
 }
 
 impl IpcCounters {
@@ -83,6 +86,19 @@ pub struct IpcServer {
     listener: SeqpacketListener,
     counters: Arc<IpcCounters>,
     our_uid: u32,
+    wakeup: Arc<Wakeup>,
+}
+
+/// Wakes a running [`IpcServer`] so that events just queued on its channel are forwarded at
+/// once instead of within [`POLL_INTERVAL`]. Cheap to clone; never blocks.
+#[derive(Debug, Clone)]
+pub struct IpcWaker(Arc<Wakeup>);
+
+impl IpcWaker {
+    /// Call after sending one or more events on the server's channel.
+    pub fn wake(&self) {
+        self.0.wake();
+    }
 }
 
 /// The current control connection.
@@ -102,7 +118,14 @@ impl IpcServer {
             listener,
             counters: Arc::new(IpcCounters::default()),
             our_uid: seqpacket::current_uid(),
+            wakeup: Arc::new(Wakeup::new()?),
         })
+    }
+
+    /// A handle that wakes the server after events were queued (optional: without it events
+    /// are picked up within [`POLL_INTERVAL`]).
+    pub fn waker(&self) -> IpcWaker {
+        IpcWaker(Arc::clone(&self.wakeup))
     }
 
     /// The counters, shared with the running server.
@@ -129,24 +152,40 @@ impl IpcServer {
         // received bytes after each message.
         let mut buf = Zeroizing::new(vec![0u8; MAX_MSG]);
         let mut out = Zeroizing::new(Vec::with_capacity(4096));
-        let mut ready = [false; 2];
+        // An event the client's socket had no room for; sent before any newer one so the
+        // stream keeps its order, while the channel holds the rest (back-pressure).
+        let mut pending: Option<Vec<u8>> = None;
+        let mut flow = Flow::Idle;
+        let mut ready = [Ready::default(); 3];
         while !stop.load(Ordering::Acquire) {
-            let polled = match &client {
-                Some(c) => seqpacket::poll_readable(
-                    &[self.listener.as_fd(), c.conn.as_fd()],
-                    POLL_INTERVAL,
-                    &mut ready,
-                ),
-                None => {
-                    ready[1] = false;
-                    seqpacket::poll_readable(&[self.listener.as_fd()], POLL_INTERVAL, &mut ready)
-                }
+            // With events left over from the last round, only look at the sockets.
+            let wait = if flow == Flow::Backlog {
+                Duration::ZERO
+            } else {
+                POLL_INTERVAL
             };
-            polled?;
-            if ready[0] {
+            let fds = [
+                PollFd {
+                    fd: Some(self.listener.as_fd()),
+                    write: false,
+                },
+                PollFd {
+                    fd: Some(self.wakeup.as_fd()),
+                    write: false,
+                },
+                PollFd {
+                    fd: client.as_ref().map(|c| c.conn.as_fd()),
+                    write: flow == Flow::Blocked,
+                },
+            ];
+            seqpacket::poll(&fds, wait, &mut ready)?;
+            if ready[0].readable {
                 self.accept_pending(&mut client)?;
             }
-            if ready[1] {
+            if ready[1].readable {
+                self.wakeup.drain();
+            }
+            if ready[2].readable {
                 if let Some(c) = client.as_mut() {
                     match self.serve_requests(c, handler, &mut buf, &mut out) {
                         Ok(false) => {}
@@ -158,7 +197,7 @@ impl IpcServer {
                     }
                 }
             }
-            self.forward_events(&mut client, &up, &mut out);
+            flow = self.forward_events(&mut client, &up, &mut pending, &mut out);
         }
         Ok(StopReason::StopFlag)
     }
@@ -331,33 +370,84 @@ impl IpcServer {
         Ok(())
     }
 
-    /// Forwards up to [`EVENTS_PER_ROUND`] events; drops them, counted, with no client.
-    fn forward_events(&self, client: &mut Option<Client>, up: &Receiver<UpMsg>, out: &mut Vec<u8>) {
-        for _ in 0..EVENTS_PER_ROUND {
-            let event = match up.try_recv() {
-                Ok(ev) => ev,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
-            };
-            let Some(c) = client.as_mut().filter(|c| c.greeted) else {
+    /// Forwards up to [`EVENTS_PER_ROUND`] events. With no greeted client they are dropped
+    /// and counted; when the client's socket is full the event waits in `pending` and the
+    /// rest stay in the channel, so the engine sees back-pressure rather than silent loss.
+    fn forward_events(
+        &self,
+        client: &mut Option<Client>,
+        up: &Receiver<UpMsg>,
+        pending: &mut Option<Vec<u8>>,
+        scratch: &mut Vec<u8>,
+    ) -> Flow {
+        let Some(c) = client.as_mut().filter(|c| c.greeted) else {
+            if pending.take().is_some() {
                 IpcCounters::bump(&self.counters.events_dropped_no_client);
-                continue;
-            };
-            out.clear();
-            if let Err(e) = proto::encode_up(&UpFrame::Event(event), out) {
-                tracing::warn!(error = %e, "IPC event could not be encoded; dropped");
-                continue;
             }
-            match c.conn.try_send(out) {
-                Ok(true) => IpcCounters::bump(&self.counters.events_sent),
-                Ok(false) => IpcCounters::bump(&self.counters.events_dropped_full),
+            for _ in 0..EVENTS_PER_ROUND {
+                if up.try_recv().is_err() {
+                    return Flow::Idle;
+                }
+                IpcCounters::bump(&self.counters.events_dropped_no_client);
+            }
+            return if up.is_empty() {
+                Flow::Idle
+            } else {
+                Flow::Backlog
+            };
+        };
+        for _ in 0..EVENTS_PER_ROUND {
+            let frame = match pending.take() {
+                Some(bytes) => bytes,
+                None => {
+                    let event = match up.try_recv() {
+                        Ok(ev) => ev,
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Flow::Idle,
+                    };
+                    scratch.clear();
+                    if let Err(e) = proto::encode_up(&UpFrame::Event(event), scratch) {
+                        tracing::warn!(error = %e, "IPC event could not be encoded; dropped");
+                        continue;
+                    }
+                    std::mem::take(scratch)
+                }
+            };
+            match c.conn.try_send(&frame) {
+                Ok(true) => {
+                    IpcCounters::bump(&self.counters.events_sent);
+                    // Hand the buffer back for reuse.
+                    *scratch = frame;
+                }
+                Ok(false) => {
+                    IpcCounters::bump(&self.counters.events_deferred);
+                    *pending = Some(frame);
+                    return Flow::Blocked;
+                }
                 Err(e) => {
                     tracing::info!(pid = c.cred.pid, error = %e, "IPC client gone while sending an event");
                     IpcCounters::bump(&self.counters.events_dropped_no_client);
                     *client = None;
+                    return Flow::Idle;
                 }
             }
         }
+        if up.is_empty() {
+            Flow::Idle
+        } else {
+            Flow::Backlog
+        }
     }
+}
+
+/// The state of event forwarding after a round, which decides how the next poll waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Channel empty: sleep up to [`POLL_INTERVAL`].
+    Idle,
+    /// Events left in the channel: do not sleep.
+    Backlog,
+    /// The client's socket is full: also wait for it to become writable.
+    Blocked,
 }
 
 fn send(c: &mut Client, frame: &UpFrame, out: &mut Vec<u8>) -> Result<(), IpcError> {
