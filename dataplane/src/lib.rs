@@ -6,7 +6,11 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod engine;
+pub mod engine;
+pub mod node;
 pub mod ipc;
+pub mod node;
 pub mod offload;
 pub mod replay;
 pub mod routing;

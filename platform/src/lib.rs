@@ -8,6 +8,7 @@
 pub mod io;
 pub mod pin;
 pub mod seqpacket;
+pub mod signal;
 pub mod slab;
 pub mod tun;
 pub mod udp;

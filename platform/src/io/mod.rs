@@ -87,6 +87,11 @@ pub trait PacketIo {
     /// `None` if the engine does not own `id` right now.
     fn buf_mut(&mut self, id: BufId) -> Option<&mut [u8]>;
 
+    /// Borrows two different buffers the engine owns at once: `src` to read, `dst` to write
+    /// (e.g. segmenting a TSO packet into a transmit buffer). `None` if either is not the
+    /// engine's or they are the same buffer.
+    fn buf_pair(&mut self, src: BufId, dst: BufId) -> Option<(&[u8], &mut [u8])>;
+
     /// Takes a free buffer for building datagrams (e.g. segments of a TSO packet).
     fn alloc(&mut self) -> Option<BufId>;
 

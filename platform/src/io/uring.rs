@@ -30,6 +30,8 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+use crate::udp::UdpSock;
+
 use super::{BufId, IoStats, PacketIo, Received, Source, PACKET_OFFSET, TAILROOM, VNET_HDR_LEN};
 
 /// Sizing and features of one worker's ring.
@@ -52,13 +54,16 @@ pub struct UringConfig {
 }
 
 impl UringConfig {
-    /// Sizes for a worker with TUN/UDP offloads on (64 KiB frames).
+    /// Sizes for a worker with TUN/UDP offloads on (~96 KiB frames, ~19 MiB per worker).
     pub fn offload() -> Self {
         Self {
             tun_frames: 64,
             udp_frames: 64,
-            tx_frames: 128,
-            frame_len: 65536 + 512,
+            tx_frames: 64,
+            // A 64 KiB GRO batch plus the recvmsg header; and a TSO super-packet split into
+            // sealed datagrams (each segment gains its IP/TCP header and 32 bytes of framing)
+            // fits one transmit frame for any segment size above ~300 bytes.
+            frame_len: 96 * 1024 + 512,
             vnet_hdr: true,
             gso: true,
             max_ops: 512,
@@ -114,7 +119,11 @@ impl FrameMem {
         // SAFETY: the layout has a non-zero size (checked above).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Self { ptr, layout, frame_len })
+        Ok(Self {
+            ptr,
+            layout,
+            frame_len,
+        })
     }
 
     fn addr(&self, frame: u32) -> *mut u8 {
@@ -217,7 +226,7 @@ pub struct UringIo {
     mem: FrameMem,
     ops: Box<[OpSlot]>,
     tun: OwnedFd,
-    udp: OwnedFd,
+    udp: UdpSock,
     udp_v6: bool,
     recv_msg: Box<libc::msghdr>,
     frames: Box<[FrameState]>,
@@ -242,49 +251,61 @@ pub struct UringFeatures {
     pub multishot_read: bool,
 }
 
-impl UringIo {
-    /// Builds the ring, the buffer rings and the frame memory, and arms the receives.
-    /// `udp` must be bound; both fds must be non-blocking.
-    pub fn new(tun: OwnedFd, udp: OwnedFd, cfg: UringConfig) -> io::Result<(Self, UringFeatures)> {
-        let entries = 1024;
-        let mut features = UringFeatures::default();
-        let ring = match IoUring::builder()
+/// Checks that this kernel and process can run the io_uring backend (ring set-up, the opcodes
+/// it needs, extended wait arguments), without opening any device.
+pub fn probe() -> io::Result<UringFeatures> {
+    let (_ring, features) = build_ring()?;
+    Ok(features)
+}
+
+fn build_ring() -> io::Result<(IoUring, UringFeatures)> {
+    let entries = 1024;
+    let mut features = UringFeatures::default();
+    let ring = match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(8192)
+        .build(entries)
+    {
+        Ok(r) => {
+            features.defer_taskrun = true;
+            r
+        }
+        Err(_) => IoUring::builder()
             .setup_single_issuer()
-            .setup_defer_taskrun()
             .setup_cqsize(8192)
-            .build(entries)
-        {
-            Ok(r) => {
-                features.defer_taskrun = true;
-                r
-            }
-            Err(_) => IoUring::builder()
-                .setup_single_issuer()
-                .setup_cqsize(8192)
-                .build(entries)?,
-        };
-        if !ring.params().is_feature_ext_arg() {
+            .build(entries)?,
+    };
+    if !ring.params().is_feature_ext_arg() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks IORING_FEAT_EXT_ARG (kernel < 5.11)",
+        ));
+    }
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    features.multishot_read = probe.is_supported(opcode::ReadMulti::CODE);
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "recvmsg"),
+        (opcode::SendMsg::CODE, "sendmsg"),
+        (opcode::Write::CODE, "write"),
+        (opcode::Read::CODE, "read"),
+    ] {
+        if !probe.is_supported(code) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "io_uring lacks IORING_FEAT_EXT_ARG (kernel < 5.11)",
+                format!("io_uring lacks the {name} opcode"),
             ));
         }
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        features.multishot_read = probe.is_supported(opcode::ReadMulti::CODE);
-        for (code, name) in [
-            (opcode::RecvMsg::CODE, "recvmsg"),
-            (opcode::SendMsg::CODE, "sendmsg"),
-            (opcode::Write::CODE, "write"),
-            (opcode::Read::CODE, "read"),
-        ] {
-            if !probe.is_supported(code) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("io_uring lacks the {name} opcode"),
-                ));
-            }
-        }
+    }
+    Ok((ring, features))
+}
+
+impl UringIo {
+    /// Builds the ring, the buffer rings and the frame memory, and arms the receives.
+    /// `tun` must be a non-blocking TUN queue fd; UDP GSO is used only if `udp` has it too.
+    pub fn new(tun: OwnedFd, udp: UdpSock, cfg: UringConfig) -> io::Result<(Self, UringFeatures)> {
+        let (ring, features) = build_ring()?;
 
         let total = cfg.tun_frames as usize + cfg.udp_frames as usize + cfg.tx_frames as usize;
         let mem = FrameMem::new(total, cfg.frame_len)?;
@@ -351,9 +372,9 @@ impl UringIo {
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
         recv_msg.msg_namelen = NAME_LEN;
         recv_msg.msg_controllen = CONTROL_LEN as _;
-        let udp_v6 = local_family(&udp)? == libc::AF_INET6;
+        let udp_v6 = udp.local_addr().is_ipv6();
         let stash = VecDeque::with_capacity(total + 64);
-        let gso = cfg.gso;
+        let gso = cfg.gso && udp.gso_enabled();
         let io = Self {
             ring,
             tun_ring,
@@ -598,6 +619,13 @@ impl UringIo {
         None
     }
 
+    /// The engine holds `id` and no operation does: it may be lent out.
+    fn lendable(&self, id: BufId) -> bool {
+        self.frames
+            .get(id as usize)
+            .is_some_and(|s| s.holder == Holder::Held && s.engine && s.ops == 0)
+    }
+
     fn engine_owns(&self, id: BufId) -> bool {
         self.frames
             .get(id as usize)
@@ -647,7 +675,11 @@ fn recycle_to_ring(
         let addr = mem.addr(frame).wrapping_add(tun_read_offset(cfg.vnet_hdr));
         tun_ring.push(addr, tun_read_len(cfg) as u32, frame as u16);
     } else {
-        udp_ring.push(mem.addr(frame), cfg.frame_len as u32, (frame - tun_frames) as u16);
+        udp_ring.push(
+            mem.addr(frame),
+            cfg.frame_len as u32,
+            (frame - tun_frames) as u16,
+        );
     }
 }
 
@@ -751,18 +783,6 @@ fn fill_sockaddr(dst: SocketAddr, v6_socket: bool, out: &mut libc::sockaddr_in6)
     }
 }
 
-fn local_family(fd: &OwnedFd) -> io::Result<i32> {
-    // SAFETY: all-zero sockaddr_storage is valid; getsockname writes at most `len` bytes.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: fd is a live socket; the pointers are valid for the given length.
-    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(i32::from(ss.ss_family))
-}
-
 impl PacketIo for UringIo {
     fn submit_and_wait(&mut self, timeout: Duration, rx: &mut Vec<Received>) -> io::Result<()> {
         self.arm_receives();
@@ -795,13 +815,28 @@ impl PacketIo for UringIo {
     }
 
     fn buf_mut(&mut self, id: BufId) -> Option<&mut [u8]> {
-        let s = self.frames.get(id as usize)?;
-        if s.holder != Holder::Held || !s.engine || s.ops > 0 {
+        if !self.lendable(id) {
             return None;
         }
         // SAFETY: the engine holds this frame and no operation does, so the kernel cannot
         // touch it; the &mut borrow of self prevents a second lending.
         Some(unsafe { std::slice::from_raw_parts_mut(self.mem.addr(id), self.mem.frame_len) })
+    }
+
+    fn buf_pair(&mut self, src: BufId, dst: BufId) -> Option<(&[u8], &mut [u8])> {
+        if src == dst || !self.lendable(src) || !self.lendable(dst) {
+            return None;
+        }
+        let len = self.mem.frame_len;
+        // SAFETY: both frames are held by the engine with no operation in flight, so the kernel
+        // cannot touch them; they are different frames, so the slices do not overlap; the &mut
+        // borrow of self prevents further lending while they live.
+        unsafe {
+            Some((
+                std::slice::from_raw_parts(self.mem.addr(src), len),
+                std::slice::from_raw_parts_mut(self.mem.addr(dst), len),
+            ))
+        }
     }
 
     fn alloc(&mut self) -> Option<BufId> {

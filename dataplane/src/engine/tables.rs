@@ -1,0 +1,212 @@
+//! A worker's own view of the peers: sessions by receiver index, routes, endpoints.
+//!
+//! Every worker keeps a private copy, changed only by [`Command`]s that the IPC thread sends
+//! to all workers; sessions themselves are shared `Arc`s (one send counter, one replay window).
+//! So the per-packet path reads plain maps with no lock. Changes may allocate (they come from
+//! the control plane); lookups never do.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::routing::RoutingTable;
+use crate::session::{PeerId, PeerSessions, Session};
+
+use super::counters::PeerCounters;
+
+/// Which slot a new session goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Responder side: usable for receiving now, for sending once the peer confirmed it.
+    Next,
+    /// Initiator side: used for sending at once.
+    Current,
+}
+
+/// A change to the workers' tables, sent by the IPC thread to every worker.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Installs a session for a peer (creating the peer if new).
+    InstallSession {
+        /// The peer.
+        peer: PeerId,
+        /// Where it goes.
+        slot: Slot,
+        /// The session, shared by all workers.
+        session: Arc<Session>,
+    },
+    /// Removes the session with this local index.
+    RemoveSession {
+        /// Its local (receiver) index.
+        local_index: u32,
+    },
+    /// Removes a peer with its sessions and routes.
+    RemovePeer {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Replaces a peer's allowed prefixes.
+    SetRoutes {
+        /// The peer.
+        peer: PeerId,
+        /// Its prefixes, shared by all workers.
+        prefixes: Arc<[(IpAddr, u8)]>,
+    },
+    /// Sets where a peer's datagrams go.
+    SetEndpoint {
+        /// The peer.
+        peer: PeerId,
+        /// Its underlay address.
+        addr: SocketAddr,
+    },
+    /// Sends a control datagram from the data port (given to one worker only).
+    SendControl {
+        /// Destination.
+        dst: SocketAddr,
+        /// The datagram.
+        payload: Vec<u8>,
+    },
+}
+
+/// One peer, as a worker sees it.
+#[derive(Debug)]
+pub struct PeerEntry {
+    /// Its current / previous / next sessions.
+    pub sessions: PeerSessions,
+    /// Where its datagrams go (None until known).
+    pub endpoint: Option<SocketAddr>,
+    /// This worker's counters for it.
+    pub counters: Arc<PeerCounters>,
+    /// When this worker last asked for a handshake with it (rate limit).
+    pub last_no_session_event: Option<Duration>,
+    /// Local index of the session a rekey was last asked for.
+    pub rekey_asked_for: Option<u32>,
+}
+
+impl PeerEntry {
+    fn new(counters: Arc<PeerCounters>) -> Self {
+        Self {
+            sessions: PeerSessions::new(),
+            endpoint: None,
+            counters,
+            last_no_session_event: None,
+            rekey_asked_for: None,
+        }
+    }
+}
+
+/// Multiplicative hashing for the u32 keys the control plane assigns: fast, and the keys are
+/// not attacker-chosen (an unknown index from the network is only ever looked up, never
+/// inserted, so collisions cannot be forced into long chains).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// A worker's tables.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// Peers by id.
+    pub peers: IdMap<PeerEntry>,
+    /// Which peer owns each local (receiver) index.
+    pub by_index: IdMap<PeerId>,
+    /// Cryptokey routing: inner address → peer.
+    pub routes: RoutingTable<PeerId>,
+}
+
+impl Tables {
+    /// Applies a command; `new_counters` makes the counters of a peer seen for the first time
+    /// (the IPC thread keeps the other handle to read them).
+    pub fn apply(
+        &mut self,
+        cmd: Command,
+        new_counters: &mut dyn FnMut(PeerId) -> Arc<PeerCounters>,
+    ) {
+        match cmd {
+            Command::InstallSession {
+                peer,
+                slot,
+                session,
+            } => {
+                let entry = self
+                    .peers
+                    .entry(peer)
+                    .or_insert_with(|| PeerEntry::new(new_counters(peer)));
+                self.by_index.insert(session.local_index, peer);
+                let replaced = match slot {
+                    Slot::Next => entry.sessions.install_next(session),
+                    Slot::Current => entry.sessions.install_current(session),
+                };
+                // A session pushed out of the three slots no longer receives.
+                if let Some(old) = replaced {
+                    if entry.sessions.find(old.local_index).is_none() {
+                        self.by_index.remove(&old.local_index);
+                    }
+                }
+                entry.last_no_session_event = None;
+            }
+            Command::RemoveSession { local_index } => {
+                if let Some(peer) = self.by_index.remove(&local_index) {
+                    if let Some(entry) = self.peers.get_mut(&peer) {
+                        for slot in [
+                            &mut entry.sessions.current,
+                            &mut entry.sessions.previous,
+                            &mut entry.sessions.next,
+                        ] {
+                            if slot.as_ref().is_some_and(|s| s.local_index == local_index) {
+                                *slot = None;
+                            }
+                        }
+                    }
+                }
+            }
+            Command::RemovePeer { peer } => {
+                if self.peers.remove(&peer).is_some() {
+                    self.by_index.retain(|_, p| *p != peer);
+                    self.routes.remove_value(peer);
+                }
+            }
+            Command::SetRoutes { peer, prefixes } => {
+                self.routes.remove_value(peer);
+                for &(addr, len) in prefixes.iter() {
+                    // The IPC layer validated the prefixes; a bad one is skipped, not fatal.
+                    let _ = self.routes.insert(addr, len, peer);
+                }
+            }
+            Command::SetEndpoint { peer, addr } => {
+                let entry = self
+                    .peers
+                    .entry(peer)
+                    .or_insert_with(|| PeerEntry::new(new_counters(peer)));
+                entry.endpoint = Some(addr);
+            }
+            Command::SendControl { .. } => {}
+        }
+    }
+
+    /// Drops sessions whose receive keys expired.
+    pub fn expire(&mut self, now: Duration) {
+        let by_index = &mut self.by_index;
+        for entry in self.peers.values_mut() {
+            entry.sessions.expire(now, |gone| {
+                by_index.remove(&gone.local_index);
+            });
+        }
+    }
+}

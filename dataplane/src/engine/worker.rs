@@ -1,0 +1,609 @@
+//! One dataplane worker: the per-packet logic between its TUN queue and its UDP socket.
+//!
+//! Outbound (TUN → UDP): route the inner destination to a peer, reserve counters for the whole
+//! batch with one atomic add, seal in place (a plain packet is sealed in the very buffer it was
+//! read into) or, for a TSO super-packet, split it straight into a transmit buffer as
+//! back-to-back datagrams and send them with one GSO `sendmsg`.
+//! Inbound (UDP → TUN): walk the GRO batch, open each datagram in place, check replay and the
+//! inner source against the peer's prefixes, then coalesce consecutive TCP segments back into
+//! super-packets written to the TUN with a virtio-net header.
+//!
+//! Must never: allocate, lock, or make a system call per packet (the backend batches them);
+//! reorder one flow; panic on anything that arrives.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use shadowmesh_platform::io::{BufId, PacketIo, Received, Source, PACKET_OFFSET, VNET_HDR_LEN};
+
+use crate::offload::{self, Coalesced, Segmenter, VirtioNetHdr};
+use crate::session::{PeerId, Session};
+use crate::wire::{self, Datagram, HEADER_LEN, TAG_LEN};
+
+use super::counters::{DropCause, PeerCounterRegistry, PeerCounters, WorkerCounters, WorkerTotals};
+use super::tables::{Command, Tables};
+use super::Event;
+
+/// Largest UDP payload one GSO `sendmsg` may carry.
+const GSO_MAX_BYTES: usize = 65000;
+/// Most segments one GSO `sendmsg` may carry (the kernel's UDP_MAX_SEGMENTS in older kernels).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Receives handled per loop turn.
+const RX_BATCH: usize = 256;
+/// Datagrams one GRO batch may hold.
+const GRO_MAX: usize = 128;
+/// How long the worker sleeps in the kernel when idle (bounds command latency).
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// At most one "no session" event per peer per this interval.
+const NO_SESSION_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a worker needs besides its I/O backend.
+pub struct WorkerSetup {
+    /// Worker number (for logs and stats).
+    pub id: usize,
+    /// TUN reads and writes carry a virtio-net header.
+    pub vnet_hdr: bool,
+    /// Table changes from the IPC thread.
+    pub commands: Receiver<Command>,
+    /// Events for the control plane.
+    pub events: Sender<Event>,
+    /// Where this worker publishes its counters.
+    pub counters: Arc<WorkerCounters>,
+    /// Where per-peer counters are registered so the IPC thread can read them.
+    pub peer_counters: PeerCounterRegistry,
+    /// The engine clock (time since an arbitrary epoch); the only clock the worker reads.
+    pub clock: fn() -> Duration,
+}
+
+/// One worker: owns its backend and its private tables.
+pub struct Worker<I: PacketIo> {
+    io: I,
+    setup: WorkerSetup,
+    tables: Tables,
+    totals: WorkerTotals,
+    rx: Vec<Received>,
+    plain: Vec<Range<usize>>,
+    coalesced: Vec<Coalesced>,
+}
+
+impl<I: PacketIo> Worker<I> {
+    /// A worker over `io`.
+    pub fn new(io: I, setup: WorkerSetup) -> Self {
+        Self {
+            io,
+            setup,
+            tables: Tables::default(),
+            totals: WorkerTotals::default(),
+            rx: Vec::with_capacity(RX_BATCH),
+            plain: Vec::with_capacity(GRO_MAX),
+            coalesced: vec![Coalesced::default(); GRO_MAX],
+        }
+    }
+
+    /// Runs until `stop` is set (checked at least every [`IDLE_WAIT`]).
+    pub fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+        let mut last_expire = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            self.turn()?;
+            let now = (self.setup.clock)();
+            if now.saturating_sub(last_expire) >= Duration::from_secs(1) {
+                self.tables.expire(now);
+                last_expire = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// One loop turn: apply table changes, submit queued I/O and wait for completions, handle
+    /// every completed receive, publish counters.
+    pub fn turn(&mut self) -> std::io::Result<()> {
+        self.apply_commands();
+        self.io.submit_and_wait(IDLE_WAIT, &mut self.rx)?;
+        let now = (self.setup.clock)();
+        let mut rx = std::mem::take(&mut self.rx);
+        for r in rx.drain(..) {
+            match r.source {
+                Source::Tun => self.on_tun(r.buf, r.data, now),
+                Source::Udp { src, segment_size } => {
+                    self.on_udp(r.buf, r.data, src, segment_size, now)
+                }
+            }
+        }
+        self.rx = rx;
+        self.totals.enters = self.io.stats().enters;
+        self.setup.counters.publish(&self.totals);
+        Ok(())
+    }
+
+    /// The worker's tables (for tests).
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    fn apply_commands(&mut self) {
+        // Bounded so a flood of commands cannot starve the packets.
+        for _ in 0..256 {
+            let Ok(cmd) = self.setup.commands.try_recv() else {
+                break;
+            };
+            if let Command::SendControl { dst, payload } = &cmd {
+                self.send_control(*dst, payload);
+                continue;
+            }
+            let registry = &self.setup.peer_counters;
+            self.tables.apply(cmd, &mut |peer| {
+                let c = Arc::new(PeerCounters::default());
+                registry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((peer, Arc::clone(&c)));
+                c
+            });
+        }
+    }
+
+    fn send_control(&mut self, dst: SocketAddr, payload: &[u8]) {
+        let Some(id) = self.io.alloc() else {
+            self.totals.drop(DropCause::NoBuffer);
+            return;
+        };
+        let n = match self.io.buf_mut(id) {
+            Some(buf) if payload.len() <= buf.len() => {
+                buf[..payload.len()].copy_from_slice(payload);
+                payload.len()
+            }
+            _ => 0,
+        };
+        if n > 0 {
+            self.io.send_udp(id, 0..n, dst, None);
+            self.totals.udp_tx_datagrams += 1;
+        }
+        self.io.release(id);
+    }
+
+    fn event(&mut self, e: Event) {
+        emit(&self.setup.events, &mut self.totals, e);
+    }
+
+    /// A packet (or super-packet) read from the TUN.
+    fn on_tun(&mut self, buf: BufId, data: Range<usize>, now: Duration) {
+        let outcome = self.send_tun_packet(buf, data, now);
+        if let Err(cause) = outcome {
+            self.totals.drop(cause);
+        }
+        self.io.release(buf);
+    }
+
+    fn send_tun_packet(
+        &mut self,
+        buf: BufId,
+        data: Range<usize>,
+        now: Duration,
+    ) -> Result<(), DropCause> {
+        let Worker {
+            io,
+            setup,
+            tables,
+            totals,
+            ..
+        } = self;
+        let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
+        let (hdr, pkt) = if setup.vnet_hdr {
+            let hdr = frame
+                .get(data.start..data.end)
+                .and_then(|b| VirtioNetHdr::parse(b).ok())
+                .ok_or(DropCause::BadOffload)?;
+            (hdr, data.start + VNET_HDR_LEN..data.end)
+        } else {
+            (VirtioNetHdr::NONE, data)
+        };
+        let packet = frame.get(pkt.clone()).ok_or(DropCause::BadInnerPacket)?;
+        let dst = wire::inner_dst(packet).ok_or(DropCause::BadInnerPacket)?;
+        let peer = tables.routes.lookup(dst).ok_or(DropCause::NoRoute)?;
+        let entry = tables.peers.get_mut(&peer).ok_or(DropCause::NoRoute)?;
+        // A `next` session the peer has used is confirmed: promote it before sending.
+        if let Some(idx) = entry
+            .sessions
+            .next
+            .as_ref()
+            .filter(|n| n.confirmed())
+            .map(|n| n.local_index)
+        {
+            entry.sessions.confirm(idx);
+        }
+        let endpoint = entry.endpoint.ok_or(DropCause::NoEndpoint)?;
+        let Some(session) = entry.sessions.sending() else {
+            let due = entry
+                .last_no_session_event
+                .is_none_or(|t| now.saturating_sub(t) >= NO_SESSION_EVENT_INTERVAL);
+            if due {
+                entry.last_no_session_event = Some(now);
+                emit(&setup.events, totals, Event::NoSession { peer, dst });
+            }
+            return Err(DropCause::NoSession);
+        };
+        // Borrowed, not cloned: an Arc clone per packet would bounce the refcount's cache
+        // line between workers.
+        let tx = Tx {
+            session,
+            endpoint,
+            now,
+            counters: &entry.counters,
+        };
+        let result = if hdr.gso_type == offload::VIRTIO_NET_HDR_GSO_NONE {
+            send_single(io, totals, buf, pkt, &hdr, &tx)
+        } else {
+            send_segmented(io, totals, buf, pkt, &hdr, &tx)
+        };
+        let rekey = match result {
+            Ok(rekey_due) => rekey_due,
+            // Past its limits: ask for a handshake as a missing session would.
+            Err(DropCause::SendRefused) => true,
+            Err(_) => false,
+        };
+        if rekey && entry.rekey_asked_for != Some(session.local_index) {
+            entry.rekey_asked_for = Some(session.local_index);
+            let local_index = session.local_index;
+            emit(
+                &setup.events,
+                totals,
+                Event::RekeyNeeded { peer, local_index },
+            );
+        }
+        result.map(|_| ())
+    }
+
+    /// A UDP receive: one datagram, or a GRO batch of `segment_size`-byte datagrams.
+    fn on_udp(
+        &mut self,
+        buf: BufId,
+        data: Range<usize>,
+        src: SocketAddr,
+        segment_size: usize,
+        now: Duration,
+    ) {
+        self.plain.clear();
+        let segment_size = segment_size.max(1);
+        let mut roamed: Option<(PeerId, SocketAddr)> = None;
+        {
+            let Some(frame) = self.io.buf_mut(buf) else {
+                return;
+            };
+            let mut off = data.start;
+            while off < data.end {
+                let end = (off + segment_size).min(data.end);
+                let dgram = off..end;
+                off = end;
+                self.totals.udp_rx_datagrams += 1;
+                let Some(bytes) = frame.get_mut(dgram.clone()) else {
+                    break;
+                };
+                match wire::classify(bytes) {
+                    Datagram::Data(header) => {
+                        let Some(&peer) = self.tables.by_index.get(&header.receiver_index) else {
+                            self.totals.drop(DropCause::UnknownIndex);
+                            continue;
+                        };
+                        let Some(entry) = self.tables.peers.get_mut(&peer) else {
+                            self.totals.drop(DropCause::UnknownIndex);
+                            continue;
+                        };
+                        let Some(session) = entry.sessions.find(header.receiver_index) else {
+                            self.totals.drop(DropCause::UnknownIndex);
+                            continue;
+                        };
+                        let range = match session.open(bytes, now) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                self.totals.drop(e.into());
+                                continue;
+                            }
+                        };
+                        if entry.sessions.is_next(header.receiver_index) {
+                            entry.sessions.confirm(header.receiver_index);
+                        }
+                        entry
+                            .counters
+                            .last_rx_nanos
+                            .store(now.as_nanos() as u64, Ordering::Relaxed);
+                        if entry.endpoint != Some(src) {
+                            roamed = Some((peer, src));
+                        }
+                        if range.is_empty() {
+                            self.totals.keepalives_rx += 1;
+                            continue;
+                        }
+                        let plain = dgram.start + range.start..dgram.start + range.end;
+                        let Some(inner_src) = bytes.get(range.clone()).and_then(wire::inner_src)
+                        else {
+                            self.totals.drop(DropCause::BadInnerPacket);
+                            continue;
+                        };
+                        if !self.tables.routes.allows(peer, inner_src) {
+                            self.totals.drop(DropCause::SourceNotAllowed);
+                            continue;
+                        }
+                        PeerCounters::bump(&entry.counters.rx_packets, 1);
+                        PeerCounters::bump(&entry.counters.rx_bytes, plain.len() as u64);
+                        self.totals.tun_tx_packets += 1;
+                        self.totals.tun_tx_bytes += plain.len() as u64;
+                        if self.plain.len() < self.plain.capacity() {
+                            self.plain.push(plain);
+                        }
+                    }
+                    Datagram::Control => {
+                        let payload = bytes.to_vec();
+                        self.totals.control_rx += 1;
+                        if let Err(TrySendError::Full(_)) = self
+                            .setup
+                            .events
+                            .try_send(Event::ControlReceived { src, payload })
+                        {
+                            self.totals.drop(DropCause::EventQueueFull);
+                        }
+                    }
+                    Datagram::Garbage(reason) => {
+                        self.totals.drop(DropCause::Garbage);
+                        self.totals.garbage[reason as usize] += 1;
+                    }
+                }
+            }
+        }
+        if let Some((peer, addr)) = roamed {
+            self.roam(peer, addr);
+        }
+        self.write_plain(buf);
+        self.io.release(buf);
+    }
+
+    /// An authenticated packet came from a new address: send there from now on (roaming).
+    fn roam(&mut self, peer: PeerId, addr: SocketAddr) {
+        if let Some(entry) = self.tables.peers.get_mut(&peer) {
+            entry.endpoint = Some(addr);
+        }
+        self.event(Event::EndpointChanged { peer, addr });
+    }
+
+    /// Writes the decrypted packets of one receive buffer to the TUN.
+    fn write_plain(&mut self, buf: BufId) {
+        if self.plain.is_empty() {
+            return;
+        }
+        if !self.setup.vnet_hdr {
+            for i in 0..self.plain.len() {
+                let r = self.plain[i].clone();
+                self.io.write_tun(buf, r);
+            }
+            return;
+        }
+        let Some(frame) = self.io.buf_mut(buf) else {
+            return;
+        };
+        let n = offload::coalesce_in_place(frame, &self.plain, &mut self.coalesced);
+        // The vnet headers go in the headroom before each packet; the ranges to write are kept
+        // in `plain` (reused: coalescing never yields more outputs than inputs).
+        self.plain.clear();
+        for c in self.coalesced.iter().take(n) {
+            if let Ok(r) = offload::emit_vnet_before(frame, c) {
+                self.plain.push(r);
+            }
+        }
+        for i in 0..self.plain.len() {
+            let r = self.plain[i].clone();
+            self.io.write_tun(buf, r);
+        }
+    }
+}
+
+fn emit(events: &Sender<Event>, totals: &mut WorkerTotals, e: Event) {
+    if let Err(TrySendError::Full(_)) = events.try_send(e) {
+        totals.drop(DropCause::EventQueueFull);
+    }
+}
+
+/// Where and with what an outbound packet goes.
+struct Tx<'a> {
+    session: &'a Session,
+    endpoint: SocketAddr,
+    now: Duration,
+    counters: &'a PeerCounters,
+}
+
+/// Seals one plain packet in the buffer it was read into and queues its send.
+/// Returns whether the session asks for a rekey.
+fn send_single<I: PacketIo>(
+    io: &mut I,
+    totals: &mut WorkerTotals,
+    buf: BufId,
+    pkt: Range<usize>,
+    hdr: &VirtioNetHdr,
+    tx: &Tx<'_>,
+) -> Result<bool, DropCause> {
+    let reservation = tx
+        .session
+        .reserve(1, tx.now)
+        .map_err(|_| DropCause::SendRefused)?;
+    let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
+    let len = pkt.len();
+    if hdr.needs_csum() {
+        complete_checksum(
+            frame.get_mut(pkt.clone()).ok_or(DropCause::BadOffload)?,
+            hdr,
+        )?;
+    }
+    // The packet sits at PACKET_OFFSET = HEADER_LEN, so it is sealed where it lies.
+    debug_assert_eq!(pkt.start, PACKET_OFFSET);
+    let start = pkt
+        .start
+        .checked_sub(HEADER_LEN)
+        .ok_or(DropCause::NoBuffer)?;
+    let out = frame
+        .get_mut(start..pkt.end + TAG_LEN)
+        .ok_or(DropCause::NoBuffer)?;
+    let n = tx
+        .session
+        .seal(reservation.first, out, len)
+        .map_err(|_| DropCause::NoBuffer)?;
+    io.send_udp(buf, start..start + n, tx.endpoint, None);
+    totals.tun_rx_packets += 1;
+    totals.tun_rx_bytes += len as u64;
+    totals.udp_tx_datagrams += 1;
+    PeerCounters::bump(&tx.counters.tx_packets, 1);
+    PeerCounters::bump(&tx.counters.tx_bytes, len as u64);
+    Ok(reservation.rekey_due)
+}
+
+/// Splits a TSO/USO super-packet straight into a transmit buffer as back-to-back sealed
+/// datagrams and queues them as GSO sends. Returns whether the session asks for a rekey.
+fn send_segmented<I: PacketIo>(
+    io: &mut I,
+    totals: &mut WorkerTotals,
+    buf: BufId,
+    pkt: Range<usize>,
+    hdr: &VirtioNetHdr,
+    tx: &Tx<'_>,
+) -> Result<bool, DropCause> {
+    let (count, max_seg) = {
+        let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
+        let seg = Segmenter::new(hdr, frame.get(pkt.clone()).ok_or(DropCause::BadOffload)?)
+            .map_err(|_| DropCause::BadOffload)?;
+        (seg.segment_count(), seg.max_segment_len())
+    };
+    if count == 0 {
+        return Err(DropCause::BadOffload);
+    }
+    let stride = HEADER_LEN + max_seg + TAG_LEN;
+    let per_send = (GSO_MAX_BYTES / stride).clamp(1, GSO_MAX_SEGMENTS);
+    let per_buf = (io.buf_len() / stride).max(1);
+    let reservation = tx
+        .session
+        .reserve(count as u64, tx.now)
+        .map_err(|_| DropCause::SendRefused)?;
+    let gso = io.gso_enabled();
+    let mut done = 0usize;
+    let mut payload_bytes = 0u64;
+    // Usually one pass; a super-packet of tiny segments that overflows a transmit buffer takes
+    // more, each re-walking the segmenter past what earlier passes sent.
+    while done < count {
+        let out = io.alloc().ok_or(DropCause::NoBuffer)?;
+        let (used, datagrams, failed) = match io.buf_pair(buf, out) {
+            Some((src, dst)) => fill_segments(
+                src.get(pkt.clone()).unwrap_or(&[]),
+                dst,
+                hdr,
+                &Fill {
+                    session: tx.session,
+                    first_counter: reservation.first,
+                    skip: done,
+                    take: per_buf.min(count - done),
+                    stride,
+                    max_seg,
+                },
+                &mut payload_bytes,
+            ),
+            None => (0, 0, true),
+        };
+        // Chunks of `per_send` datagrams, each one GSO sendmsg (one each without GSO).
+        let mut first = 0;
+        while first < datagrams {
+            let n = if gso {
+                per_send.min(datagrams - first)
+            } else {
+                1
+            };
+            let start = first * stride;
+            let end = if first + n == datagrams {
+                used
+            } else {
+                (first + n) * stride
+            };
+            let segment = (gso && n > 1).then_some(stride as u16);
+            io.send_udp(out, start..end, tx.endpoint, segment);
+            first += n;
+        }
+        io.release(out);
+        totals.udp_tx_datagrams += datagrams as u64;
+        done += datagrams;
+        if failed || datagrams == 0 {
+            totals.tun_rx_packets += done as u64;
+            return Err(DropCause::BadOffload);
+        }
+    }
+    totals.tun_rx_packets += count as u64;
+    totals.tun_rx_bytes += payload_bytes;
+    PeerCounters::bump(&tx.counters.tx_packets, count as u64);
+    PeerCounters::bump(&tx.counters.tx_bytes, payload_bytes);
+    Ok(reservation.rekey_due)
+}
+
+/// One pass of [`fill_segments`]: which segments go where.
+struct Fill<'a> {
+    session: &'a Session,
+    first_counter: u64,
+    /// Segments earlier passes already sent.
+    skip: usize,
+    /// Segments to write in this pass.
+    take: usize,
+    stride: usize,
+    max_seg: usize,
+}
+
+/// Writes up to `f.take` sealed segments (after skipping `f.skip`) into `dst` at `f.stride`
+/// intervals. Returns (bytes used, datagrams written, whether segmenting failed).
+fn fill_segments(
+    packet: &[u8],
+    dst: &mut [u8],
+    hdr: &VirtioNetHdr,
+    f: &Fill<'_>,
+    payload_bytes: &mut u64,
+) -> (usize, usize, bool) {
+    let Ok(mut seg) = Segmenter::new(hdr, packet) else {
+        return (0, 0, true);
+    };
+    for _ in 0..f.skip {
+        // The first slot serves as scratch; it is overwritten below.
+        if let Some(scratch) = dst.get_mut(HEADER_LEN..HEADER_LEN + f.max_seg) {
+            let _ = seg.next_into(scratch);
+        }
+    }
+    let mut used = 0;
+    for i in 0..f.take {
+        let off = i * f.stride;
+        let Some(slot) = dst.get_mut(off..off + f.stride) else {
+            return (used, i, true);
+        };
+        let n = match seg.next_into(&mut slot[HEADER_LEN..HEADER_LEN + f.max_seg]) {
+            Some(Ok(n)) => n,
+            _ => return (used, i, true),
+        };
+        match f
+            .session
+            .seal(f.first_counter + (f.skip + i) as u64, slot, n)
+        {
+            Ok(dlen) => {
+                used = off + dlen;
+                *payload_bytes += n as u64;
+            }
+            Err(_) => return (used, i, true),
+        }
+    }
+    (used, f.take, false)
+}
+
+/// Completes a partial checksum the kernel left for us (`VIRTIO_NET_HDR_F_NEEDS_CSUM` on a
+/// packet that is not segmented): sum from `csum_start` to the end, over the pseudo-header sum
+/// the kernel already put in the checksum field.
+fn complete_checksum(packet: &mut [u8], hdr: &VirtioNetHdr) -> Result<(), DropCause> {
+    let start = usize::from(hdr.csum_start);
+    let field = start + usize::from(hdr.csum_offset);
+    if field + 2 > packet.len() {
+        return Err(DropCause::BadOffload);
+    }
+    let sum = offload::checksum(packet.get(start..).ok_or(DropCause::BadOffload)?, 0);
+    packet[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    Ok(())
+}
