@@ -175,7 +175,7 @@ fn expand(buf: &mut [u8], outs: &[Coalesced]) -> Vec<Vec<u8>> {
     let mut pkts = Vec::new();
     for c in outs {
         let w = emit_vnet_before(buf, c).expect("headroom");
-        let hdr = VirtioNetHdr::parse(&buf[w.start..]).unwrap();
+        let hdr = VirtioNetHdr::parse(&buf[w.start..]).expect("10 bytes were just written");
         assert_eq!(hdr, c.hdr);
         let pkt = &buf[w.start + VNET_HDR_LEN..w.end];
         pkts.extend(segment_all(&hdr, pkt));
@@ -429,7 +429,7 @@ fn bad_ranges_are_counted_drops() {
     // no headroom at the buffer start
     let mut c = CoalesceCounters::default();
     assert_eq!(
-        coalesce_in_place_counted(&mut buf, &[0..20], &mut one, &mut c),
+        coalesce_in_place_counted(&mut buf, &[Range { start: 0, end: 20 }], &mut one, &mut c),
         0
     );
     assert_eq!(c.dropped_bad_range, 1);
