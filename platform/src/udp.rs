@@ -194,6 +194,7 @@ impl UdpSock {
             return Err(match e.raw_os_error() {
                 Some(libc::EADDRINUSE) => PlatformError::PortInUse { port: bind.port() },
                 Some(libc::EADDRNOTAVAIL) => PlatformError::AddrNotAvailable { addr: bind },
+                Some(libc::EACCES) => PlatformError::PrivilegedPort { port: bind.port() },
                 _ => PlatformError::os("bind", e),
             });
         }

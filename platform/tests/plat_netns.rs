@@ -181,6 +181,36 @@ fn tun_two_queues_offload_addresses_icmp_and_recreate() {
         assert_eq!(&got[12..16], &[100, 64, 0, 1], "source is the TUN address");
         assert_eq!(&got[24..26], &0x4242u16.to_be_bytes());
 
+        // IPv6 too: a datagram to a peer in fd00::/64 is routed into the TUN.
+        let u6 = std::net::UdpSocket::bind("[fd00::1]:0").expect("bind fd00::1");
+        u6.send_to(b"v6", "[fd00::2]:9").expect("send to fd00::2");
+        let mut buf6 = vec![0u8; 2048];
+        let mut seen6 = false;
+        for _ in 0..300 {
+            for q in tun.queues() {
+                while let Ok(n) = q.read(&mut buf6) {
+                    let p = &buf6[VNET_HDR_LEN..n];
+                    // IPv6, next header UDP, destination fd00::2.
+                    if p.len() >= 48
+                        && p[0] >> 4 == 6
+                        && p[6] == 17
+                        && p[24..40]
+                            == "fd00::2"
+                                .parse::<std::net::Ipv6Addr>()
+                                .expect("literal")
+                                .octets()
+                    {
+                        seen6 = true;
+                    }
+                }
+            }
+            if seen6 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(seen6, "UDP/IPv6 datagram to fd00::2 read from the TUN");
+
         // A packet written into queue 1 reaches the stack, which answers into the TUN.
         let pkt = echo_request(
             Ipv4Addr::new(100, 64, 0, 2),
@@ -398,6 +428,91 @@ fn gso_through_a_device_without_tx_checksum_still_delivers_every_segment() {
             sent >= 4,
             "3 segments + 1 datagram expected on the wire, saw {sent}"
         );
+    }) else {
+        return;
+    };
+}
+
+/// Clears CAP_NET_ADMIN and CAP_NET_BIND_SERVICE from this thread's effective set
+/// (capabilities are per thread, so the rest of the test process keeps them).
+fn drop_net_caps() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_NET_BIND_SERVICE: u32 = 10;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget/capset with a v3 header read/write two Data structs, both live.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !((1 << CAP_NET_ADMIN) | (1 << CAP_NET_BIND_SERVICE));
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn missing_capabilities_give_errors_that_name_the_fix() {
+    let Some(()) = in_netns(|| {
+        drop_net_caps();
+        match Tun::create(&cfg("smcap0")) {
+            Err(e @ PlatformError::NoNetAdmin { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("no CAP_NET_ADMIN") && msg.contains("cap_net_admin"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected NoNetAdmin, got {other:?}"),
+        }
+        let cfg = UdpSocketConfig {
+            bind: "127.0.0.1:99".parse().expect("literal"),
+            reuseport: false,
+            gso: false,
+            gro: false,
+            recv_buf: 0,
+            send_buf: 0,
+        };
+        match bind_group(&cfg, 1) {
+            Err(e @ PlatformError::PrivilegedPort { port: 99 }) => {
+                assert!(e.to_string().contains("cap_net_bind_service"))
+            }
+            other => panic!("expected PrivilegedPort, got {other:?}"),
+        }
+        // Without CAP_NET_ADMIN the *FORCE buffer options fail; the fallback must still work
+        // and name the sysctl when the kernel clamps (rmem_max is far below 1 GiB).
+        let cfg = UdpSocketConfig {
+            bind: "127.0.0.1:0".parse().expect("literal"),
+            recv_buf: 1 << 30,
+            ..cfg
+        };
+        let s = bind_group(&cfg, 1)
+            .expect("bind with clamped buffer")
+            .remove(0);
+        let w = s.buffer_warning().expect("clamp warning");
+        assert!(w.contains("sysctl -w net.core.rmem_max="), "{w}");
     }) else {
         return;
     };

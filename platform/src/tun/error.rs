@@ -60,6 +60,12 @@ pub enum PlatformError {
         /// The port that was refused.
         port: u16,
     },
+    /// A port below 1024 needs CAP_NET_BIND_SERVICE.
+    #[error("UDP port {port} is privileged: run as root, grant cap_net_bind_service or listen on a port >= 1024")]
+    PrivilegedPort {
+        /// The port that was refused.
+        port: u16,
+    },
     /// The requested bind address is not configured on this host.
     #[error("cannot bind {addr}: address not available on this host (check the listen address)")]
     AddrNotAvailable {
