@@ -1,6 +1,6 @@
 //! Frame slab: the packet memory of one worker, shared with the kernel through io_uring.
 //!
-//! Owns: one page-aligned allocation cut into fixed-size frames, and a free list that hands
+//! Owns: one page-aligned anonymous mapping cut into fixed-size frames, and a free list that hands
 //! frames out and takes them back. Must never allocate after [`Slab::new`], never hand the
 //! same frame out twice, and never be shared between threads (one slab per worker; the type is
 //! `Send` but not `Sync`).
@@ -8,7 +8,6 @@
 //! The io_uring backend registers [`Slab::base_ptr`]/[`Slab::len`] as a provided-buffer ring or
 //! as fixed buffers; see the contract on [`Slab::base_ptr`].
 
-use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 use crate::tun::PlatformError;
@@ -39,7 +38,8 @@ impl FrameId {
 /// A fixed pool of equally sized, page-aligned frames with an allocation-free free list.
 pub struct Slab {
     base: NonNull<u8>,
-    layout: Layout,
+    /// Length of the mapping in bytes.
+    bytes: usize,
     frame_size: usize,
     frames: usize,
     /// Stack of free frame indices; capacity reserved up front so `give` never reallocates.
@@ -48,7 +48,7 @@ pub struct Slab {
     in_use: Vec<u64>,
 }
 
-// SAFETY: the slab exclusively owns its allocation (no aliasing pointers are kept elsewhere by
+// SAFETY: the slab exclusively owns its mapping (no aliasing pointers are kept elsewhere by
 // this type), so moving it to another thread moves the ownership with it. It is deliberately
 // not `Sync`: one worker owns it.
 unsafe impl Send for Slab {}
@@ -64,8 +64,12 @@ impl std::fmt::Debug for Slab {
 }
 
 impl Slab {
-    /// Allocates `frames` frames of `frame_size` bytes (rounded up to [`FRAME_ALIGN`]), zeroed,
-    /// in one page-aligned allocation. All frames start free.
+    /// Maps `frames` frames of `frame_size` bytes (rounded up to [`FRAME_ALIGN`]), zeroed, in
+    /// one anonymous page-aligned mapping. All frames start free.
+    ///
+    /// The mapping (rather than the heap) makes creation cheap and lets the kernel commit pages
+    /// only when a frame is first touched: a 1024 x 64 KiB slab per worker costs nothing until
+    /// traffic needs it.
     ///
     /// # Errors
     /// [`PlatformError::BadSlabGeometry`] for zero or oversize geometry,
@@ -76,17 +80,32 @@ impl Slab {
             return Err(bad());
         }
         let rounded = frame_size.div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
-        let bytes = rounded.checked_mul(frames).ok_or_else(bad)?;
-        let layout = Layout::from_size_align(bytes, SLAB_ALIGN).map_err(|_| bad())?;
-        // SAFETY: `layout` has a non-zero size (frame_size >= 1 and frames >= 1).
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let base = NonNull::new(raw).ok_or(PlatformError::SlabAlloc { bytes })?;
+        let bytes = rounded
+            .checked_mul(frames)
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or_else(bad)?;
+        // SAFETY: an anonymous private mapping of non-zero length at an address of the
+        // kernel's choosing; no existing memory is affected.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANON,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(PlatformError::SlabAlloc { bytes });
+        }
+        let base = NonNull::new(raw.cast::<u8>()).ok_or(PlatformError::SlabAlloc { bytes })?;
         // Hand out low indices first: pop() takes from the end, so push in reverse.
         let free: Vec<u32> = (0..frames as u32).rev().collect();
         let in_use = vec![0u64; frames.div_ceil(64)];
         Ok(Slab {
             base,
-            layout,
+            bytes,
             frame_size: rounded,
             frames,
             free,
@@ -160,8 +179,8 @@ impl Slab {
     #[must_use]
     pub fn frame(&self, id: FrameId) -> &[u8] {
         let off = self.offset(id);
-        // SAFETY: `offset` checked that [off, off + frame_size) lies inside the allocation,
-        // which is initialised (zeroed at creation) and lives as long as `self`; the shared
+        // SAFETY: `offset` checked that [off, off + frame_size) lies inside the mapping,
+        // which is initialised (anonymous mappings read as zero) and lives as long as `self`; the shared
         // borrow of `self` prevents `frame_mut` from aliasing it.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off), self.frame_size) }
     }
@@ -196,13 +215,13 @@ impl Slab {
     /// Total length of the slab memory in bytes (`frames() * frame_size()`).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.layout.size()
+        self.bytes
     }
 
     /// Always false: a slab has at least one frame. Present for the `len`/`is_empty` pair.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.layout.size() == 0
+        self.bytes == 0
     }
 
     fn offset(&self, id: FrameId) -> usize {
@@ -237,8 +256,11 @@ impl Slab {
 
 impl Drop for Slab {
     fn drop(&mut self) {
-        // SAFETY: `base` was returned by `alloc_zeroed(self.layout)` and is freed exactly once.
-        unsafe { alloc::dealloc(self.base.as_ptr(), self.layout) }
+        // SAFETY: `base`/`bytes` are exactly the mapping made in `new`, unmapped once; no
+        // borrow of the slab (hence of a frame) can outlive `self`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.bytes);
+        }
     }
 }
 

@@ -769,6 +769,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Model: the units of one transmit tile its bytes in order; without GSO each is at most
+        /// one segment; with GSO a train holds 2..=64 segments and at most 65000 bytes; every
+        /// unit but the last ends on a segment boundary; only the last is marked last.
+        #[test]
+        fn units_tile_the_payload(len in 0usize..20_000, seg in proptest::option::of(0u16..3000), gso: bool) {
+            let data = vec![0u8; len];
+            let t = [Transmit { dst: "127.0.0.1:1".parse().unwrap(), data: &data, segment_size: seg }];
+            let us = units(&t, gso);
+            proptest::prop_assert!(!us.is_empty());
+            let mut at = 0;
+            for (i, &(msg, off, ulen, g, last)) in us.iter().enumerate() {
+                proptest::prop_assert_eq!(msg, 0);
+                proptest::prop_assert_eq!(off, at);
+                proptest::prop_assert_eq!(last, i + 1 == us.len());
+                match seg.filter(|&s| s > 0).map(usize::from) {
+                    Some(s) => {
+                        if !last {
+                            proptest::prop_assert_eq!(ulen % s, 0);
+                        }
+                        match g {
+                            Some(gs) => {
+                                proptest::prop_assert!(gso);
+                                proptest::prop_assert_eq!(usize::from(gs), s);
+                                proptest::prop_assert!(ulen > s && ulen <= MAX_GSO_SEGMENTS * s && ulen <= MAX_SEND_BYTES);
+                            }
+                            None => proptest::prop_assert!(ulen <= s),
+                        }
+                    }
+                    None => {
+                        proptest::prop_assert_eq!(g, None);
+                        proptest::prop_assert_eq!(ulen, len);
+                    }
+                }
+                at += ulen;
+            }
+            proptest::prop_assert_eq!(at, len);
+        }
+    }
+
     #[test]
     fn send_error_policy() {
         let e = |n| io::Error::from_raw_os_error(n);
