@@ -154,6 +154,8 @@ impl Tun {
 
 impl TunQueue {
     /// Reads one packet (with its virtio-net header when [`Self::vnet_hdr`]) into `buf`.
+    /// With offloads a packet can be a 64 KiB super-packet: size `buf` to
+    /// `65536 + VNET_HDR_LEN`, or longer packets are cut short by the kernel.
     ///
     /// # Errors
     /// `WouldBlock` when no packet is queued; other errors from the kernel.
@@ -235,12 +237,18 @@ fn validate(cfg: &TunConfig) -> Result<(), PlatformError> {
     }
     for (a, len) in &cfg.ipv4 {
         if *len > 32 {
-            return Err(PlatformError::BadPrefix { addr: a.to_string(), len: *len });
+            return Err(PlatformError::BadPrefix {
+                addr: a.to_string(),
+                len: *len,
+            });
         }
     }
     for (a, len) in &cfg.ipv6 {
         if *len > 128 {
-            return Err(PlatformError::BadPrefix { addr: a.to_string(), len: *len });
+            return Err(PlatformError::BadPrefix {
+                addr: a.to_string(),
+                len: *len,
+            });
         }
     }
     Ok(())
@@ -249,7 +257,9 @@ fn validate(cfg: &TunConfig) -> Result<(), PlatformError> {
 /// 1..=15 bytes (IFNAMSIZ - 1) of `[A-Za-z0-9_.-]`, at most one `%d`; never `.`/`..` or a
 /// `/`, which the kernel would refuse (or a sysfs path would misread).
 fn validate_name(name: &str) -> Result<(), PlatformError> {
-    let bad = || PlatformError::BadName { name: name.to_owned() };
+    let bad = || PlatformError::BadName {
+        name: name.to_owned(),
+    };
     if name.is_empty() || name.len() > 15 || name == "." || name == ".." {
         return Err(bad());
     }
@@ -257,7 +267,10 @@ fn validate_name(name: &str) -> Result<(), PlatformError> {
     if rest.contains('%') {
         return Err(bad());
     }
-    if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
         return Err(bad());
     }
     Ok(())
@@ -288,14 +301,33 @@ mod tests {
         for ok in ["sm0", "sm%d", "a", "shadowmesh-0123", "wg_1.x"] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", "shadowmesh-01234", "a/b", "a b", "%d%d", "a%s", ".", "..", "tün"] {
-            assert!(matches!(validate_name(bad), Err(PlatformError::BadName { .. })), "{bad}");
+        for bad in [
+            "",
+            "shadowmesh-01234",
+            "a/b",
+            "a b",
+            "%d%d",
+            "a%s",
+            ".",
+            "..",
+            "tün",
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(PlatformError::BadName { .. })),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn mtu_range_is_enforced() {
-        for (mtu, ok) in [(575, false), (576, true), (65535, true), (65536, false), (0, false)] {
+        for (mtu, ok) in [
+            (575, false),
+            (576, true),
+            (65535, true),
+            (65536, false),
+            (0, false),
+        ] {
             let mut c = cfg();
             c.mtu = mtu;
             assert_eq!(validate(&c).is_ok(), ok, "{mtu}");
@@ -312,14 +344,26 @@ mod tests {
     fn prefixes_and_queues_are_checked() {
         let mut c = cfg();
         c.ipv4[0].1 = 33;
-        assert!(matches!(validate(&c), Err(PlatformError::BadPrefix { len: 33, .. })));
+        assert!(matches!(
+            validate(&c),
+            Err(PlatformError::BadPrefix { len: 33, .. })
+        ));
         let mut c = cfg();
         c.ipv6[0].1 = 129;
-        assert!(matches!(validate(&c), Err(PlatformError::BadPrefix { len: 129, .. })));
+        assert!(matches!(
+            validate(&c),
+            Err(PlatformError::BadPrefix { len: 129, .. })
+        ));
         let mut c = cfg();
         c.queues = 0;
-        assert!(matches!(validate(&c), Err(PlatformError::BadQueueCount { queues: 0 })));
+        assert!(matches!(
+            validate(&c),
+            Err(PlatformError::BadQueueCount { queues: 0 })
+        ));
         c.queues = MAX_QUEUES + 1;
-        assert!(matches!(validate(&c), Err(PlatformError::BadQueueCount { .. })));
+        assert!(matches!(
+            validate(&c),
+            Err(PlatformError::BadQueueCount { .. })
+        ));
     }
 }

@@ -267,7 +267,10 @@ impl UdpSock {
     }
 
     /// Receives up to `min(bufs.len(), meta.len(), BATCH)` datagrams without allocating, filling
-    /// `meta[i]` for `bufs[i]`. Returns how many were received.
+    /// `meta[i]` for `bufs[i]`. Returns how many were received. With GRO enabled a buffer
+    /// receives a whole coalesced train (up to 64 KiB; `meta.segment_size` says how to split
+    /// it), so buffers should be 65536 bytes; a datagram that does not fit is reported with
+    /// `len == 0` and counted.
     ///
     /// # Errors
     /// `WouldBlock` when nothing is queued.
