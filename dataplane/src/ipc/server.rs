@@ -110,7 +110,9 @@ struct Client {
 
 impl IpcServer {
     /// Binds the IPC socket at `path` with mode 0600 (a stale socket file is replaced; a
-    /// live one is an error).
+    /// live one is an error). Put it in a directory only we can write (e.g.
+    /// `/run/shadowmesh`, 0700): the mode and the peer-uid check guard the socket, the
+    /// directory guards the path.
     pub fn bind(path: &Path) -> Result<Self, IpcError> {
         let listener = SeqpacketListener::bind(path, 0o600)?;
         listener.set_nonblocking(true)?;
@@ -225,7 +227,12 @@ impl IpcServer {
                 );
                 continue;
             }
-            if let Err(e) = conn.set_write_timeout(Some(REPLY_TIMEOUT)) {
+            // The read timeout only matters for the stream fallback (non-Linux), where a
+            // client that stalls mid-message must not hold the IPC thread forever.
+            let timeouts = conn
+                .set_write_timeout(Some(REPLY_TIMEOUT))
+                .and_then(|()| conn.set_read_timeout(Some(REPLY_TIMEOUT)));
+            if let Err(e) = timeouts {
                 tracing::warn!(error = %e, "IPC connection setup failed");
                 continue;
             }
@@ -282,6 +289,12 @@ impl IpcServer {
             buf.get_mut(..n).unwrap_or_default().zeroize();
             match decoded {
                 Ok(DownFrame::Hello(hello)) => self.on_hello(c, hello, out)?,
+                Err(proto::DecodeError::VersionMismatch { .. }) if c.greeted => {
+                    // Versions were settled by the first Hello; a later one is only noise.
+                    IpcCounters::bump(&self.counters.malformed);
+                    let msg = UpMsg::error(ErrorCode::PROTOCOL, "second Hello on one connection");
+                    send(c, &UpFrame::Reply { id: 0, msg }, out)?;
+                }
                 Err(proto::DecodeError::VersionMismatch { ours, theirs }) => {
                     tracing::warn!(
                         ours,
