@@ -382,7 +382,8 @@ impl NodeCert {
         UnparsedPublicKey::new(&ML_DSA_87, &ca.sign_pk)
             .verify(&[SIGN_CONTEXT, &tbs].concat(), &self.signature)
             .map_err(|_| CertError::BadSignature)?;
-        if self.body.public.node_id() != self.node_id() {
+        // The node ID as signed (bytes 1..33 of the encoding) must be SHA-256 of the signing key.
+        if self.encoded.get(1..1 + NODE_ID_LEN) != Some(&self.body.public.node_id()[..]) {
             return Err(CertError::NodeIdMismatch);
         }
         if now < self.body.not_before {
@@ -427,13 +428,30 @@ impl NodeCert {
         Self::from_bytes(&armor::dearmor(CERT_LABEL, text)?)
     }
 
-    /// Reads an armoured certificate file.
+    /// Reads an armoured certificate file (no trust implied: call [`Self::verify`]).
     ///
     /// # Errors
     /// I/O, armour or encoding errors.
     pub fn load(path: &Path) -> Result<Self, CertError> {
         Self::from_armor(&read_public_file(path)?)
     }
+
+    /// Writes the armoured certificate (public data, default permissions).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> Result<(), CertError> {
+        write_public_file(path, &self.to_armor())
+    }
+}
+
+fn write_public_file(path: &Path, text: &str) -> Result<(), CertError> {
+    std::fs::write(path, text).map_err(|source| {
+        CertError::File(IdentityError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 /// The CA's public key: what every node is configured with.
@@ -493,6 +511,22 @@ impl CaPublic {
     /// Armour or encoding errors.
     pub fn from_armor(text: &str) -> Result<Self, CertError> {
         Self::from_bytes(&armor::dearmor(CA_PUB_LABEL, text)?)
+    }
+
+    /// Reads an armoured CA public key file.
+    ///
+    /// # Errors
+    /// I/O, armour or encoding errors.
+    pub fn load(path: &Path) -> Result<Self, CertError> {
+        Self::from_armor(&read_public_file(path)?)
+    }
+
+    /// Writes the armoured CA public key.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> Result<(), CertError> {
+        write_public_file(path, &self.to_armor())
     }
 }
 

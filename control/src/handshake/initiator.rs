@@ -69,8 +69,8 @@ pub struct InitiatorState<'a> {
     peer_cert: NodeCert,
     local_index: u32,
     ss: SymmetricState,
-    e: agreement::PrivateKey,
-    ekem: DecapsulationKey,
+    /// Ephemeral secrets, dropped as soon as the handshake completes (forward secrecy).
+    ephemeral: Option<(agreement::PrivateKey, DecapsulationKey)>,
     ciphers: Vec<CipherChoice>,
     m1: Vec<u8>,
     mac1_at: usize,
@@ -212,8 +212,7 @@ impl Initiator {
             peer_cert: peer.clone(),
             local_index,
             ss,
-            e,
-            ekem,
+            ephemeral: Some((e, ekem)),
             ciphers: opts.ciphers,
             m1: m1.clone(),
             mac1_at,
@@ -306,9 +305,9 @@ impl InitiatorState<'_> {
         msg: &[u8],
         _now: Duration,
     ) -> Result<Established, HandshakeError> {
-        if self.done {
+        let Some((e, ekem)) = self.ephemeral.as_ref() else {
             return Err(HandshakeError::AlreadyEstablished);
-        }
+        };
         let m2 = M2::parse(msg)?;
         let covered = msg.get(..super::messages::M2_MAC1_AT).unwrap_or_default();
         if !ct_eq(&self.my_keys.mac1(covered), m2.mac1()) {
@@ -328,11 +327,11 @@ impl InitiatorState<'_> {
         ss.mix_hash(msg.get(..12).unwrap_or_default());
         ss.mix_hash(m2.e);
         let _ = ss.mix_key(b"e", m2.e);
-        let ee = dh(&self.e, m2.e)?;
+        let ee = dh(e, m2.e)?;
         let _ = ss.mix_key(b"ee", ee.as_slice());
         let se = dh(self.identity.x25519(), m2.e)?;
         let _ = ss.mix_key(b"se", se.as_slice());
-        let k2 = decaps(&self.ekem, m2.ct2)?;
+        let k2 = decaps(ekem, m2.ct2)?;
         ss.mix_hash(m2.ct2);
         let _ = ss.mix_key(b"kem2", &k2);
         let k3 = decaps(self.identity.kem_dk(), m2.ct3)?;
@@ -347,6 +346,8 @@ impl InitiatorState<'_> {
             .filter(|c| self.ciphers.contains(c))
             .ok_or(HandshakeError::NoCommonCipher)?;
         let (i2r, r2i) = ss.split();
+        // aws-lc frees (and cleanses) the ephemeral keys here.
+        self.ephemeral = None;
         self.done = true;
         Ok(Established {
             peer_id: self.peer_cert.node_id(),
