@@ -6,7 +6,7 @@
 //!
 //! Structure: one path-compressed binary trie per address family (a PATRICIA trie as in
 //! WireGuard's allowedips), nodes kept in one `Vec` and linked by `u32` indices so a lookup
-//! walks a compact array with one masked compare per node. The depth is bounded by the number
+//! walks a compact array with one XOR + leading-zero count per node. The depth is bounded by the number
 //! of branching points on the path (about log2 of the number of prefixes for random sets),
 //! not by the address width.
 //!
@@ -48,6 +48,10 @@ trait Key: Copy + Eq {
     fn bit(self, i: u8) -> usize;
     /// Number of leading bits equal in both.
     fn common(self, other: Self) -> u8;
+    /// The `s` bits after the first `c` (`c + s <= BITS`, `s <= 16`), as a table index.
+    fn index(self, c: u8, s: u8) -> usize;
+    /// `self` with the `s` bits after the first `c` replaced by `e`.
+    fn with_index(self, c: u8, s: u8, e: usize) -> Self;
 }
 
 impl Key for u32 {
@@ -69,6 +73,17 @@ impl Key for u32 {
     #[inline]
     fn common(self, other: Self) -> u8 {
         (self ^ other).leading_zeros() as u8
+    }
+    #[inline]
+    fn index(self, c: u8, s: u8) -> usize {
+        let v = self.checked_shl(u32::from(c)).unwrap_or(0);
+        v.checked_shr(32 - u32::from(s)).unwrap_or(0) as usize
+    }
+    #[inline]
+    fn with_index(self, c: u8, s: u8, e: usize) -> Self {
+        let shift = 32 - u32::from(c) - u32::from(s);
+        let field = Self::mask(c + s) & !Self::mask(c);
+        (self & !field) | ((e as u32).checked_shl(shift).unwrap_or(0) & field)
     }
 }
 
@@ -92,14 +107,46 @@ impl Key for u128 {
     fn common(self, other: Self) -> u8 {
         (self ^ other).leading_zeros() as u8
     }
+    #[inline]
+    fn index(self, c: u8, s: u8) -> usize {
+        let v = self.checked_shl(u32::from(c)).unwrap_or(0);
+        v.checked_shr(128 - u32::from(s)).unwrap_or(0) as usize
+    }
+    #[inline]
+    fn with_index(self, c: u8, s: u8, e: usize) -> Self {
+        let shift = 128 - u32::from(c) - u32::from(s);
+        let field = Self::mask(c + s) & !Self::mask(c);
+        (self & !field) | ((e as u128).checked_shl(shift).unwrap_or(0) & field)
+    }
+}
+
+/// One entry of the root stride table: where to continue the walk for addresses whose
+/// next `tbits` bits after the root prefix equal the entry's index, and the best value
+/// already matched above that point.
+#[derive(Clone, Copy)]
+struct Bucket<T> {
+    start: u32,
+    best: Option<T>,
+}
+
+/// Largest stride table: 2^16 entries (~0.75 MiB for `u32` values).
+const MAX_TABLE_BITS: u8 = 16;
+/// Below this many prefixes a plain walk is short enough; no table.
+const MIN_TABLE_ENTRIES: usize = 32;
+
+/// Table width for `live` prefixes: about 8 entries per prefix, capped.
+fn table_bits_for(live: usize) -> u8 {
+    if live < MIN_TABLE_ENTRIES {
+        return 0;
+    }
+    let log2 = (usize::BITS - 1 - live.leading_zeros()) as u8;
+    (log2 + 3).min(MAX_TABLE_BITS)
 }
 
 #[derive(Clone)]
 struct Node<K, T> {
     /// The prefix, host bits zero.
     key: K,
-    /// Mask of the prefix length (cached so a lookup step is one AND and one compare).
-    mask: K,
     len: u8,
     value: Option<T>,
     child: [u32; 2],
@@ -117,6 +164,12 @@ struct Trie<K, T> {
     nodes: Vec<Node<K, T>>,
     root: u32,
     live: usize,
+    /// Root stride table: indexed by the `tbits` address bits that follow the root node's
+    /// prefix (`tbase` bits long), it skips the top of the walk, where random prefix sets
+    /// put most of their branching. Empty when `tbits == 0`.
+    table: Vec<Bucket<T>>,
+    tbase: u8,
+    tbits: u8,
 }
 
 impl<K: Key, T: Copy + Eq> Trie<K, T> {
@@ -125,15 +178,26 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
             nodes: Vec::new(),
             root: NIL,
             live: 0,
+            table: Vec::new(),
+            tbase: 0,
+            tbits: 0,
         }
     }
 
     #[inline]
     fn lookup(&self, key: K) -> Option<T> {
-        let mut best = None;
-        let mut i = self.root;
+        let (mut i, mut best) = (self.root, None);
+        if self.tbits > 0 {
+            let root = self.nodes.get(self.root as usize)?;
+            if key.common(root.key) < root.len {
+                // Every prefix lies under the root's: nothing can match.
+                return None;
+            }
+            let b = self.table.get(key.index(self.tbase, self.tbits))?;
+            (i, best) = (b.start, b.best);
+        }
         while let Some(n) = self.nodes.get(i as usize) {
-            if key.and(n.mask) != n.key {
+            if key.common(n.key) < n.len {
                 break;
             }
             if n.value.is_some() {
@@ -173,7 +237,6 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
         let mask = K::mask(len);
         self.nodes.push(Node {
             key: key.and(mask),
-            mask,
             len,
             value,
             child: [NIL, NIL],
@@ -188,6 +251,17 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
     }
 
     fn insert(&mut self, key: K, len: u8, value: T) -> Result<Option<T>, RouteError> {
+        let (old, changed_key, changed_len) = self.insert_node(key, len, value)?;
+        if table_bits_for(self.live) != self.tbits {
+            self.rebuild_table();
+        } else {
+            self.refresh_table(changed_key, changed_len);
+        }
+        Ok(old)
+    }
+
+    /// Trie insert; returns the old value and the prefix of the subtree that changed.
+    fn insert_node(&mut self, key: K, len: u8, value: T) -> Result<(Option<T>, K, u8), RouteError> {
         let key = key.and(K::mask(len));
         let mut slot = Slot::Root;
         loop {
@@ -196,7 +270,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
                 let leaf = self.push(key, len, Some(value))?;
                 self.set_slot(slot, leaf);
                 self.live += 1;
-                return Ok(None);
+                return Ok((None, key, len));
             };
             let (nkey, nlen) = (n.key, n.len);
             let common = key.common(nkey).min(len).min(nlen);
@@ -206,7 +280,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
                     if old.is_none() {
                         self.live += 1;
                     }
-                    return Ok(old);
+                    return Ok((old, key, len));
                 }
                 slot = Slot::Child(cur, key.bit(nlen));
                 continue;
@@ -217,7 +291,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
                 self.set_child(new, nkey.bit(len), cur);
                 self.set_slot(slot, new);
                 self.live += 1;
-                return Ok(None);
+                return Ok((None, key, len));
             }
             // Diverge below both: a value-less branching node at the common length.
             let mid = self.push(key, common, None)?;
@@ -226,7 +300,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
             self.set_child(mid, nkey.bit(common), cur);
             self.set_slot(slot, mid);
             self.live += 1;
-            return Ok(None);
+            return Ok((None, key.and(K::mask(common)), common));
         }
     }
 
@@ -234,7 +308,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
         let key = key.and(K::mask(len));
         let mut i = self.root;
         while let Some(n) = self.nodes.get(i as usize) {
-            if n.len > len || key.and(n.mask) != n.key {
+            if n.len > len || key.common(n.key) < n.len {
                 return None;
             }
             if n.len == len {
@@ -250,7 +324,9 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
         let old = self.nodes.get_mut(i)?.value.take();
         if old.is_some() {
             self.live -= 1;
-            self.maybe_rebuild();
+            if !self.maybe_rebuild() {
+                self.refresh_table(key.and(K::mask(len)), len);
+            }
         }
         old
     }
@@ -264,23 +340,100 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
             }
         }
         self.live -= removed;
-        if removed > 0 {
-            self.maybe_rebuild();
+        if removed > 0 && !self.maybe_rebuild() {
+            self.rebuild_table();
         }
         removed
     }
 
-    fn maybe_rebuild(&mut self) {
+    /// Rebuilds the trie without dead nodes once they dominate; returns whether it did.
+    fn maybe_rebuild(&mut self) -> bool {
         if self.nodes.len() <= 2 * self.live + REBUILD_SLACK {
-            return;
+            return false;
         }
         let entries: Vec<(K, u8, T)> = self.entries().collect();
         let mut fresh = Self::new();
         for (k, l, v) in entries {
             // Cannot fail: the fresh trie needs no more nodes than the old one had.
-            let _ = fresh.insert(k, l, v);
+            let _ = fresh.insert_node(k, l, v);
         }
         *self = fresh;
+        self.rebuild_table();
+        true
+    }
+
+    /// Recomputes the whole stride table (its width follows the prefix count).
+    fn rebuild_table(&mut self) {
+        self.table.clear();
+        self.tbits = 0;
+        let Some(root) = self.nodes.get(self.root as usize) else {
+            return;
+        };
+        let bits = table_bits_for(self.live).min(K::BITS - root.len);
+        if bits == 0 {
+            self.table.shrink_to_fit();
+            return;
+        }
+        self.tbase = root.len;
+        self.tbits = bits;
+        self.table.resize(
+            1 << bits,
+            Bucket {
+                start: NIL,
+                best: None,
+            },
+        );
+        for e in 0..self.table.len() {
+            self.fill_bucket(e);
+        }
+    }
+
+    /// Recomputes the buckets whose addresses can fall under `key/len` after a change there.
+    fn refresh_table(&mut self, key: K, len: u8) {
+        if self.tbits == 0 {
+            return;
+        }
+        let root_changed = self
+            .nodes
+            .get(self.root as usize)
+            .is_none_or(|r| r.len != self.tbase);
+        if root_changed || len < self.tbase {
+            self.rebuild_table();
+            return;
+        }
+        let end = self.tbase + self.tbits;
+        let first = key.index(self.tbase, self.tbits);
+        let count = if len >= end { 1 } else { 1usize << (end - len) };
+        for e in first..first.saturating_add(count).min(self.table.len()) {
+            self.fill_bucket(e);
+        }
+    }
+
+    /// Walks the nodes shorter than the table's end for bucket `e`: they are decided by the
+    /// bucket's bits alone. The first node at or past the end is where lookups continue.
+    fn fill_bucket(&mut self, e: usize) {
+        let Some(root) = self.nodes.get(self.root as usize) else {
+            return;
+        };
+        let end = self.tbase + self.tbits;
+        let k = root.key.with_index(self.tbase, self.tbits, e);
+        let (mut i, mut best) = (self.root, None);
+        while let Some(n) = self.nodes.get(i as usize) {
+            if n.len >= end {
+                break;
+            }
+            if k.common(n.key) < n.len {
+                i = NIL;
+                break;
+            }
+            if n.value.is_some() {
+                best = n.value;
+            }
+            i = n.child[k.bit(n.len) & 1];
+        }
+        if let Some(b) = self.table.get_mut(e) {
+            *b = Bucket { start: i, best };
+        }
     }
 
     fn entries(&self) -> impl Iterator<Item = (K, u8, T)> + '_ {
@@ -487,6 +640,62 @@ mod tests {
         t.insert(a("0.0.0.0"), 0, 7).unwrap();
         assert_eq!(t.lookup(a("8.8.8.8")), Some(7));
         assert_eq!(t.entries().count(), t.len());
+    }
+
+    /// Thousands of prefixes (so the stride table is wide and partly refreshed on every
+    /// change) against the model, with removals interleaved.
+    #[test]
+    fn large_table_with_stride_matches_model() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = RoutingTable::new();
+        let mut m = Model::default();
+        for i in 0..3000u32 {
+            let r = rnd();
+            let (a, l) = if r % 2 == 0 {
+                // Clustered under 100.64.0.0/10 with some short covering prefixes.
+                let a = 0x6440_0000 | (rnd() as u32 & 0x003f_ffff);
+                (
+                    IpAddr::V4(Ipv4Addr::from(a)),
+                    [10, 16, 24, 32][(r >> 8) as usize % 4],
+                )
+            } else {
+                let a = (u128::from(rnd()) << 64) | u128::from(rnd());
+                (IpAddr::V6(Ipv6Addr::from(a)), (r >> 8) as u8 % 129)
+            };
+            assert_eq!(t.insert(a, l, i % 50).unwrap(), m.insert(a, l, i % 50));
+            if i % 7 == 0 {
+                let (ra, rl, _) = m.v[(rnd() % m.v.len() as u64) as usize];
+                assert_eq!(t.remove(ra, rl), m.remove(ra, rl));
+            }
+            if i % 997 == 0 {
+                assert_eq!(t.remove_value(i % 50), m.remove_value(i % 50));
+            }
+        }
+        assert_eq!(t.len(), m.v.len());
+        for &(a, l, _) in &m.v {
+            // Inside each stored prefix, at a random host part.
+            let probe = match a {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                    u32::from(a) | (rnd() as u32 & !<u32 as Key>::mask(l)),
+                )),
+                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+                    u128::from(a) | (u128::from(rnd()) & !<u128 as Key>::mask(l)),
+                )),
+            };
+            assert_eq!(t.lookup(probe), m.lookup(probe), "probe {probe}");
+        }
+        for _ in 0..3000 {
+            let p = IpAddr::V4(Ipv4Addr::from(0x6440_0000 | (rnd() as u32 & 0x003f_ffff)));
+            assert_eq!(t.lookup(p), m.lookup(p));
+            let q = IpAddr::V6(Ipv6Addr::from(u128::from(rnd()) << 64));
+            assert_eq!(t.lookup(q), m.lookup(q));
+        }
     }
 
     fn addr() -> impl Strategy<Value = IpAddr> {
