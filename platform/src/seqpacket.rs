@@ -13,9 +13,10 @@
 //! - Other Unix (macOS, BSDs): macOS has no `SOCK_SEQPACKET` on `AF_UNIX` (`EPROTONOSUPPORT`),
 //!   so the fallback is `SOCK_STREAM` with a 4-byte little-endian length prefix per message,
 //!   peer credentials from `getpeereid` (pid from `LOCAL_PEERPID` on macOS, 0 elsewhere). A
-//!   reader that sees a header learns the body is coming and reads it with a blocking read
-//!   bounded by the read timeout ([`FALLBACK_BODY_TIMEOUT`] if none is set). The fallback is
-//!   type-checked in CI; it has not been exercised on a Mac.
+//!   reader that sees a header waits for the rest of the frame, giving up (a framing error)
+//!   after [`FALLBACK_BODY_TIMEOUT`] without progress. The framing code runs in the Linux
+//!   unit tests over a stream socketpair; the rest of the fallback is only type-checked
+//!   (`cargo check --target aarch64-apple-darwin`): it has not run on a Mac.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -700,6 +701,24 @@ impl SeqpacketConn {
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     fn send_flags(&self, msg: &[u8], flags: libc::c_int) -> Result<()> {
+        stream::send(self.fd.as_fd(), msg, flags)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<usize> {
+        stream::recv(self.fd.as_fd(), buf, flags, FALLBACK_BODY_TIMEOUT)
+    }
+}
+
+/// The stream fallback's framing: a 4-byte little-endian length, then the message. Built on
+/// non-seqpacket platforms, and in Linux tests (over a stream socketpair) so it is exercised.
+#[cfg(any(test, not(any(target_os = "linux", target_os = "android"))))]
+mod stream {
+    use super::*;
+
+    /// Sends one framed message. Once part of a frame is out, the rest is sent blocking so
+    /// the stream stays framed.
+    pub(super) fn send(fd: BorrowedFd<'_>, msg: &[u8], flags: libc::c_int) -> Result<()> {
         if msg.is_empty() {
             return Err(SeqpacketError::EmptyMessage);
         }
@@ -710,6 +729,15 @@ impl SeqpacketConn {
         let mut frame = Vec::with_capacity(4 + msg.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(msg);
+        let res = send_all(fd, &frame, flags);
+        // The frame held message bytes (maybe keys): clear it before freeing; black_box
+        // keeps the compiler from dropping the dead stores.
+        frame.fill(0);
+        std::hint::black_box(&frame);
+        res
+    }
+
+    fn send_all(fd: BorrowedFd<'_>, frame: &[u8], flags: libc::c_int) -> Result<()> {
         let mut sent = 0;
         let mut flags = flags;
         while sent < frame.len() {
@@ -717,7 +745,7 @@ impl SeqpacketConn {
             // SAFETY: rest is a live slice of rest.len() readable bytes.
             let n = unsafe {
                 libc::send(
-                    self.fd.as_raw_fd(),
+                    fd.as_raw_fd(),
                     rest.as_ptr().cast(),
                     rest.len(),
                     flags | SEND_FLAGS,
@@ -731,29 +759,32 @@ impl SeqpacketConn {
                 if sent > 0 {
                     // Part of a frame is out: the stream is now unusable.
                     return Err(SeqpacketError::Framing {
-                        what: "send interrupted mid-message",
+                        what: "send failed mid-message",
                     });
                 }
                 return Err(err);
             }
             sent += n as usize;
-            // Once part of a frame is out, finish it blocking so the stream stays framed.
             flags = 0;
         }
-        // The frame held message bytes (maybe keys): clear it before freeing.
-        frame.iter_mut().for_each(|b| *b = 0);
         Ok(())
     }
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<usize> {
+    /// Receives one framed message; see [`SeqpacketConn::recv`]. `body_timeout` bounds each
+    /// wait for the rest of a frame whose first byte arrived.
+    pub(super) fn recv(
+        fd: BorrowedFd<'_>,
+        buf: &mut [u8],
+        flags: libc::c_int,
+        body_timeout: Duration,
+    ) -> Result<usize> {
         let mut hdr = [0u8; 4];
         // Peek first so that a non-blocking call with no message waiting consumes nothing.
         loop {
             // SAFETY: hdr is a live, writable 4-byte buffer.
             let n = unsafe {
                 libc::recv(
-                    self.fd.as_raw_fd(),
+                    fd.as_raw_fd(),
                     hdr.as_mut_ptr().cast(),
                     hdr.len(),
                     flags | libc::MSG_PEEK,
@@ -770,7 +801,7 @@ impl SeqpacketConn {
             }
             break;
         }
-        self.read_exact(&mut hdr)?;
+        read_exact(fd, &mut hdr, body_timeout)?;
         let len = u32::from_le_bytes(hdr) as usize;
         if len == 0 {
             return Err(SeqpacketError::Framing {
@@ -783,7 +814,7 @@ impl SeqpacketConn {
             let mut sink = [0u8; 4096];
             while left > 0 {
                 let take = left.min(sink.len());
-                self.read_exact(sink.get_mut(..take).unwrap_or_default())?;
+                read_exact(fd, sink.get_mut(..take).unwrap_or_default(), body_timeout)?;
                 left -= take;
             }
             return Err(SeqpacketError::MessageTooLarge {
@@ -791,34 +822,39 @@ impl SeqpacketConn {
                 max: buf.len(),
             });
         }
-        self.read_exact(buf.get_mut(..len).unwrap_or_default())?;
+        read_exact(fd, buf.get_mut(..len).unwrap_or_default(), body_timeout)?;
         Ok(len)
     }
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn read_exact(&self, buf: &mut [u8]) -> Result<()> {
+    /// Reads exactly `buf.len()` bytes without blocking on the socket; waits in `poll` for
+    /// the rest, and a wait of `body_timeout` with no progress breaks the frame.
+    fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8], body_timeout: Duration) -> Result<()> {
         let mut got = 0;
-        let mut stalls = 0u32;
+        let mut stalled = false;
         while got < buf.len() {
             let rest = buf.get_mut(got..).unwrap_or_default();
             // SAFETY: rest is a live, writable slice of rest.len() bytes.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    rest.as_mut_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => {
-                        // Non-blocking socket mid-frame: wait for the rest, bounded.
-                        stalls += 1;
-                        if stalls > 1 {
+                        if stalled {
                             return Err(SeqpacketError::Framing {
                                 what: "message body did not arrive in time",
                             });
                         }
-                        let fd = self.fd.as_fd();
+                        stalled = true;
                         let mut ready = [false];
-                        poll_readable(&[fd], FALLBACK_BODY_TIMEOUT, &mut ready)?;
+                        poll_readable(&[fd], body_timeout, &mut ready)?;
                         continue;
                     }
                     _ => {
@@ -833,6 +869,7 @@ impl SeqpacketConn {
                 return Err(SeqpacketError::Closed);
             }
             got += n as usize;
+            stalled = false;
         }
         Ok(())
     }
@@ -1152,6 +1189,76 @@ mod tests {
             poll_readable(&[w.as_fd()], Duration::ZERO, &mut ready).unwrap(),
             0
         );
+    }
+
+    fn stream_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: fds points to two writable c_ints.
+        let ret =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(ret, 0);
+        // SAFETY: both fds were just created and are owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn stream_fallback_keeps_boundaries_and_detects_oversize() {
+        let (a, b) = stream_pair();
+        let t = Duration::from_millis(200);
+        stream::send(a.as_fd(), &[1; 10], 0).unwrap();
+        stream::send(a.as_fd(), &[2; 100], 0).unwrap();
+        stream::send(a.as_fd(), &[3; 3], 0).unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(stream::recv(b.as_fd(), &mut buf, 0, t).unwrap(), 10);
+        assert_eq!(&buf[..10], &[1; 10]);
+        assert!(matches!(
+            stream::recv(b.as_fd(), &mut buf, 0, t),
+            Err(SeqpacketError::MessageTooLarge { len: 100, max: 32 })
+        ));
+        assert_eq!(stream::recv(b.as_fd(), &mut buf, 0, t).unwrap(), 3);
+        assert_eq!(&buf[..3], &[3, 3, 3]);
+        assert!(matches!(
+            stream::recv(b.as_fd(), &mut buf, libc::MSG_DONTWAIT, t),
+            Err(SeqpacketError::TimedOut { .. })
+        ));
+        assert!(matches!(
+            stream::send(a.as_fd(), &[], 0),
+            Err(SeqpacketError::EmptyMessage)
+        ));
+        drop(a);
+        assert!(matches!(
+            stream::recv(b.as_fd(), &mut buf, 0, t),
+            Err(SeqpacketError::Closed)
+        ));
+    }
+
+    #[test]
+    fn stream_fallback_waits_for_a_split_body_and_gives_up_on_a_stalled_one() {
+        let (a, b) = stream_pair();
+        let raw = |bytes: &[u8]| {
+            // SAFETY: bytes is a live slice; a is a connected socket we own.
+            let n = unsafe { libc::send(a.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+            assert_eq!(n as usize, bytes.len());
+        };
+        // Header and half the body now, the rest a little later: still one message.
+        raw(&[4, 0, 0, 0, 9, 9]);
+        let mut buf = [0u8; 16];
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                raw(&[8]);
+                std::thread::sleep(Duration::from_millis(30));
+                raw(&[7]);
+            });
+            let n = stream::recv(b.as_fd(), &mut buf, 0, Duration::from_secs(2)).unwrap();
+            assert_eq!(&buf[..n], &[9, 9, 8, 7]);
+        });
+        // A header whose body never comes breaks the frame after the body timeout.
+        raw(&[4, 0, 0, 0, 1]);
+        assert!(matches!(
+            stream::recv(b.as_fd(), &mut buf, 0, Duration::from_millis(50)),
+            Err(SeqpacketError::Framing { .. })
+        ));
     }
 
     #[test]

@@ -227,8 +227,8 @@ impl IpcServer {
                 );
                 continue;
             }
-            // The read timeout only matters for the stream fallback (non-Linux), where a
-            // client that stalls mid-message must not hold the IPC thread forever.
+            // The server only reads with MSG_DONTWAIT; the read timeout is a second guard
+            // that no blocking read can ever hold the IPC thread.
             let timeouts = conn
                 .set_write_timeout(Some(REPLY_TIMEOUT))
                 .and_then(|()| conn.set_read_timeout(Some(REPLY_TIMEOUT)));
