@@ -47,6 +47,7 @@ fn aead_benches(c: &mut Criterion) {
                     let hdr = DataHeader {
                         receiver_index: 9,
                         counter,
+                        lane: 0,
                     }
                     .to_bytes();
                     let tag = raw

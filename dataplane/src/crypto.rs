@@ -172,15 +172,28 @@ pub fn nonce_for(counter: u64) -> [u8; NONCE_LEN] {
     [0, 0, 0, 0, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]
 }
 
-/// Seals a data message in place.
+/// Seals a data message in place on lane 0; see [`seal_on_lane`].
+#[inline]
+pub fn seal(
+    key: &DataKey,
+    receiver_index: u32,
+    counter: u64,
+    frame: &mut [u8],
+    payload_len: usize,
+) -> Result<usize, CryptoError> {
+    seal_on_lane(key, 0, receiver_index, counter, frame, payload_len)
+}
+
+/// Seals a data message in place, its header naming receive `lane`.
 ///
 /// The plaintext sits at `frame[HEADER_LEN..HEADER_LEN + payload_len]`; the header is written
 /// at the front and the tag after the ciphertext. Returns the datagram length
 /// (`HEADER_LEN + payload_len + TAG_LEN`). The caller guarantees `counter` is never reused
 /// with this key (see [`crate::session::Session::reserve`]).
 #[inline]
-pub fn seal(
+pub fn seal_on_lane(
     key: &DataKey,
+    lane: u8,
     receiver_index: u32,
     counter: u64,
     frame: &mut [u8],
@@ -200,6 +213,7 @@ pub fn seal(
     let header = DataHeader {
         receiver_index,
         counter,
+        lane,
     }
     .to_bytes();
     let (head, rest) = frame.split_at_mut(HEADER_LEN);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use shadowmesh_platform::tun::{Tun, TunConfig};
-use shadowmesh_platform::udp::{bind_group, UdpSocketConfig};
+use shadowmesh_platform::udp::{bind_group, steer_by_lane, UdpSocketConfig};
 
 use crate::crypto::Cipher;
 use crate::engine::counters::{DropCause, WorkerTotals};
@@ -111,6 +111,12 @@ pub fn run(
     let local = socks.first().map(|s| s.local_addr()).unwrap_or(cfg.bind);
     if let Some(w) = socks.first().and_then(|s| s.buffer_warning()) {
         tracing::warn!("{w}");
+    }
+    // Receive each flow on the worker that sent it (lane byte), not all of a peer on one.
+    if let Err(e) = steer_by_lane(&socks) {
+        tracing::warn!(
+            "reuseport lane steering unavailable ({e}): a peer's traffic is received by one worker"
+        );
     }
     let tun_offload = tun.offloads().vnet_hdr;
     let ios = tun

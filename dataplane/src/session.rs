@@ -257,6 +257,25 @@ impl Session {
         )
     }
 
+    /// [`Session::seal`] with the header naming receive `lane` (the sending worker).
+    #[inline]
+    pub fn seal_on_lane(
+        &self,
+        lane: u8,
+        counter: u64,
+        frame: &mut [u8],
+        payload_len: usize,
+    ) -> Result<usize, CryptoError> {
+        crypto::seal_on_lane(
+            &self.send_key,
+            lane,
+            self.remote_index,
+            counter,
+            frame,
+            payload_len,
+        )
+    }
+
     /// Whether received messages are still accepted at `now`.
     #[inline]
     pub fn receive_alive(&self, now: Duration) -> bool {

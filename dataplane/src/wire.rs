@@ -1,7 +1,7 @@
 //! Wire format of data messages and the first-byte classification of every datagram that
 //! arrives on the data port, plus bounded views of the inner IP header.
 //!
-//! Owns: the 16-byte data header (`type 4 | reserved [0;3] | receiver_index u32 LE |
+//! Owns: the 16-byte data header (`type 4 | lane u8 | reserved [0;2] | receiver_index u32 LE |
 //! counter u64 LE`), the rules that tell a data message from a control datagram from garbage,
 //! and the inner source/destination address extraction used by cryptokey routing.
 //!
@@ -36,7 +36,7 @@ pub enum GarbageReason {
     UnknownType = 1,
     /// Data message shorter than [`MIN_DATA_LEN`].
     DataTooShort = 2,
-    /// Data message whose three reserved bytes are not zero.
+    /// Data message whose two reserved bytes are not zero.
     DataReservedNonZero = 3,
     /// Control datagram shorter than [`MIN_CONTROL_LEN`].
     ControlTooShort = 4,
@@ -99,6 +99,11 @@ pub struct DataHeader {
     pub receiver_index: u32,
     /// The per-session message counter; also the AEAD nonce.
     pub counter: u64,
+    /// The receive lane: the sending worker's number. The receiver's socket group steers on
+    /// it (`SO_ATTACH_REUSEPORT_CBPF`), so a flow sent by one worker is received by one worker
+    /// and a peer's flows spread over the receive cores. Authenticated like the rest of the
+    /// header; it carries no secret.
+    pub lane: u8,
 }
 
 impl DataHeader {
@@ -114,24 +119,25 @@ impl DataHeader {
         let idx = self.receiver_index.to_le_bytes();
         let ctr = self.counter.to_le_bytes();
         [
-            MSG_DATA, 0, 0, 0, idx[0], idx[1], idx[2], idx[3], ctr[0], ctr[1], ctr[2], ctr[3],
-            ctr[4], ctr[5], ctr[6], ctr[7],
+            MSG_DATA, self.lane, 0, 0, idx[0], idx[1], idx[2], idx[3], ctr[0], ctr[1], ctr[2],
+            ctr[3], ctr[4], ctr[5], ctr[6], ctr[7],
         ]
     }
 
     /// Parses 16 header bytes, checking the type byte and the reserved bytes.
     #[inline]
     pub fn from_bytes(bytes: &[u8; HEADER_LEN]) -> Result<Self, WireError> {
-        let [ty, r0, r1, r2, i0, i1, i2, i3, c0, c1, c2, c3, c4, c5, c6, c7] = *bytes;
+        let [ty, lane, r1, r2, i0, i1, i2, i3, c0, c1, c2, c3, c4, c5, c6, c7] = *bytes;
         if ty != MSG_DATA {
             return Err(WireError::WrongType { found: ty });
         }
-        if (r0 | r1 | r2) != 0 {
+        if (r1 | r2) != 0 {
             return Err(WireError::ReservedNonZero);
         }
         Ok(Self {
             receiver_index: u32::from_le_bytes([i0, i1, i2, i3]),
             counter: u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+            lane,
         })
     }
 
@@ -249,10 +255,11 @@ mod tests {
         let h = DataHeader {
             receiver_index: 0x0403_0201,
             counter: 0x0c0b_0a09_0807_0605,
+            lane: 3,
         };
         let mut b = [0xffu8; HEADER_LEN];
         h.emit(&mut b);
-        assert_eq!(b, [4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(b, [4, 3, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(DataHeader::from_bytes(&b), Ok(h));
     }
 

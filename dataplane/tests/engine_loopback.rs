@@ -488,9 +488,6 @@ fn no_session_event_at_most_once_per_second() {
 }
 
 #[test]
-#[ignore = "engine bug: a peer known only by its routes (no endpoint, no session) never raises \
-            NoSession: SetRoutes does not create the peer entry (worker.rs send_tun_packet counts \
-            NoRoute), and NoEndpoint is checked before the session"]
 fn no_session_event_for_a_peer_with_routes_only() {
     let mut p = plain_pair();
     const PEER_C: u32 = 3;
@@ -817,9 +814,6 @@ fn malformed_tun_reads_with_offloads_are_bad_offload() {
 }
 
 #[test]
-#[ignore = "engine bug: a session pushed out of `previous` by a confirm (worker.rs on_udp and \
-            send_tun_packet ignore PeerSessions::confirm's return) stays in Tables::by_index \
-            forever: one stale index per rekey per peer"]
 fn rotated_out_sessions_leave_the_index_map() {
     let mut p = plain_pair();
     for (k, seed) in [(2u32, 50u8), (3, 51)] {
@@ -861,10 +855,6 @@ fn rotated_out_sessions_leave_the_index_map() {
 }
 
 #[test]
-#[ignore = "engine bug: a super-packet of more than MAX_RESERVE (4096) segments makes \
-            Session::reserve fail with BadCount, which worker.rs send_segmented maps to \
-            SendRefused and send_tun_packet then reports as RekeyNeeded: a bogus rekey request \
-            (the read should be a BadOffload drop, or be reserved in chunks)"]
 fn oversized_segment_count_is_not_a_rekey() {
     let mut p = offload_pair();
     // 50,000 bytes in 10-byte segments: 5,000 segments (the Segmenter accepts it).

@@ -154,6 +154,80 @@ pub fn bind_group(cfg: &UdpSocketConfig, n: usize) -> Result<Vec<UdpSock>, Platf
     Ok(out)
 }
 
+/// Byte of every datagram (after the UDP header) that names the receive lane: the data
+/// message's second byte carries the sending worker's number.
+pub const LANE_BYTE: u32 = 1;
+
+/// Steers each datagram to the socket (worker) its lane byte names, modulo the group size, with
+/// a classic-BPF `SO_ATTACH_REUSEPORT_CBPF` program on the group. A flow that one sending worker
+/// handles is then received by the same-numbered worker: flows spread over the receive cores
+/// while each stays in order on one. Without it every datagram of one peer would land on one
+/// socket (the kernel hashes the 4-tuple, which is the same for all of a peer's flows).
+///
+/// # Errors
+/// The OS error when the kernel refuses the program (the group then keeps hashing).
+pub fn steer_by_lane(group: &[UdpSock]) -> io::Result<()> {
+    let n = group.len();
+    let Some(first) = group.first() else {
+        return Ok(());
+    };
+    if n < 2 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // ld b[LANE_BYTE]; mod #n; ret a. A datagram too short for the load makes the program
+        // return 0 (socket 0), which is harmless: it is garbage anyway.
+        let prog = [
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: LANE_BYTE,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: n as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_A) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        // SAFETY: `fprog` points at `prog`, both live across the call; the kernel copies the
+        // program; the length passed is the size of `fprog`.
+        let rc = unsafe {
+            libc::setsockopt(
+                first.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&raw const fprog).cast(),
+                mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = first;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "reuseport steering exists only on Linux",
+        ))
+    }
+}
+
 impl UdpSock {
     fn open(
         cfg: &UdpSocketConfig,

@@ -1,6 +1,7 @@
 //! `shadowmesh`: the command-line tool — self-check, static sessions, dataplane stats.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod selfcheck;
 mod static_cfg;
 
@@ -37,6 +38,12 @@ enum Cmd {
         /// The dataplane's IPC socket.
         #[arg(long, default_value = "/run/shadowmesh/dataplane.sock")]
         socket: PathBuf,
+    },
+    /// Measuring tools for tests and rigs: checked bulk transfer, latency echo, hostile
+    /// datagrams.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
     },
     /// Prints a running dataplane's counters (per worker and per peer).
     Stats {
@@ -102,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {n} requests from {}", file.display());
             Ok(())
         }
+        Cmd::Bench { cmd } => bench::run(cmd, clock),
         Cmd::Stats { socket, raw } => {
             let mut client = IpcClient::connect(&socket)
                 .with_context(|| format!("connecting to the dataplane at {}", socket.display()))?;

@@ -183,6 +183,11 @@ impl Tables {
                 }
             }
             Command::SetRoutes { peer, prefixes } => {
+                // A peer known only by its routes must exist, so that traffic to it asks for a
+                // handshake instead of being dropped as unrouted.
+                self.peers
+                    .entry(peer)
+                    .or_insert_with(|| PeerEntry::new(new_counters(peer)));
                 self.routes.remove_value(peer);
                 for &(addr, len) in prefixes.iter() {
                     // The IPC layer validated the prefixes; a bad one is skipped, not fatal.
@@ -197,6 +202,18 @@ impl Tables {
                 entry.endpoint = Some(addr);
             }
             Command::SendControl { .. } => {}
+        }
+    }
+
+    /// Promotes `local_index` from `next` to `current` for `peer` if it is the next session,
+    /// forgetting the index of the session that falls out of `previous`.
+    pub fn confirm(&mut self, peer: PeerId, local_index: u32) {
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            if let Some(gone) = entry.sessions.confirm(local_index) {
+                if entry.sessions.find(gone.local_index).is_none() {
+                    self.by_index.remove(&gone.local_index);
+                }
+            }
         }
     }
 

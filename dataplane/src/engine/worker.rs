@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use shadowmesh_platform::io::{BufId, PacketIo, Received, Source, PACKET_OFFSET, VNET_HDR_LEN};
 
 use crate::offload::{self, Coalesced, Segmenter, VirtioNetHdr};
-use crate::session::{PeerId, Session};
+use crate::session::{PeerId, Session, MAX_RESERVE};
 use crate::wire::{self, Datagram, HEADER_LEN, TAG_LEN};
 
 use super::counters::{DropCause, PeerCounterRegistry, PeerCounters, WorkerCounters, WorkerTotals};
@@ -204,18 +204,18 @@ impl<I: PacketIo> Worker<I> {
         let packet = frame.get(pkt.clone()).ok_or(DropCause::BadInnerPacket)?;
         let dst = wire::inner_dst(packet).ok_or(DropCause::BadInnerPacket)?;
         let peer = tables.routes.lookup(dst).ok_or(DropCause::NoRoute)?;
-        let entry = tables.peers.get_mut(&peer).ok_or(DropCause::NoRoute)?;
         // A `next` session the peer has used is confirmed: promote it before sending.
-        if let Some(idx) = entry
-            .sessions
-            .next
-            .as_ref()
-            .filter(|n| n.confirmed())
-            .map(|n| n.local_index)
-        {
-            entry.sessions.confirm(idx);
+        let confirmed_next = tables.peers.get(&peer).and_then(|e| {
+            e.sessions
+                .next
+                .as_ref()
+                .filter(|n| n.confirmed())
+                .map(|n| n.local_index)
+        });
+        if let Some(idx) = confirmed_next {
+            tables.confirm(peer, idx);
         }
-        let endpoint = entry.endpoint.ok_or(DropCause::NoEndpoint)?;
+        let entry = tables.peers.get_mut(&peer).ok_or(DropCause::NoRoute)?;
         let Some(session) = entry.sessions.sending() else {
             let due = entry
                 .last_no_session_event
@@ -226,10 +226,12 @@ impl<I: PacketIo> Worker<I> {
             }
             return Err(DropCause::NoSession);
         };
+        let endpoint = entry.endpoint.ok_or(DropCause::NoEndpoint)?;
         // Borrowed, not cloned: an Arc clone per packet would bounce the refcount's cache
         // line between workers.
         let tx = Tx {
             session,
+            lane: setup.id as u8,
             endpoint,
             now,
             counters: &entry.counters,
@@ -304,8 +306,11 @@ impl<I: PacketIo> Worker<I> {
                             }
                         };
                         if entry.sessions.is_next(header.receiver_index) {
-                            entry.sessions.confirm(header.receiver_index);
+                            self.tables.confirm(peer, header.receiver_index);
                         }
+                        let Some(entry) = self.tables.peers.get(&peer) else {
+                            continue;
+                        };
                         entry
                             .counters
                             .last_rx_nanos
@@ -327,13 +332,16 @@ impl<I: PacketIo> Worker<I> {
                             self.totals.drop(DropCause::SourceNotAllowed);
                             continue;
                         }
+                        if self.plain.len() == self.plain.capacity() {
+                            // More datagrams than one GRO batch can hold (the kernel sends 64).
+                            self.totals.drop(DropCause::NoBuffer);
+                            continue;
+                        }
                         PeerCounters::bump(&entry.counters.rx_packets, 1);
                         PeerCounters::bump(&entry.counters.rx_bytes, plain.len() as u64);
                         self.totals.tun_tx_packets += 1;
                         self.totals.tun_tx_bytes += plain.len() as u64;
-                        if self.plain.len() < self.plain.capacity() {
-                            self.plain.push(plain);
-                        }
+                        self.plain.push(plain);
                     }
                     Datagram::Control => {
                         let payload = bytes.to_vec();
@@ -408,6 +416,8 @@ fn emit(events: &Sender<Event>, totals: &mut WorkerTotals, e: Event) {
 /// Where and with what an outbound packet goes.
 struct Tx<'a> {
     session: &'a Session,
+    /// Receive lane written into every header: this worker's number.
+    lane: u8,
     endpoint: SocketAddr,
     now: Duration,
     counters: &'a PeerCounters,
@@ -446,7 +456,7 @@ fn send_single<I: PacketIo>(
         .ok_or(DropCause::NoBuffer)?;
     let n = tx
         .session
-        .seal(reservation.first, out, len)
+        .seal_on_lane(tx.lane, reservation.first, out, len)
         .map_err(|_| DropCause::NoBuffer)?;
     io.send_udp(buf, start..start + n, tx.endpoint, None);
     totals.tun_rx_packets += 1;
@@ -473,7 +483,9 @@ fn send_segmented<I: PacketIo>(
             .map_err(|_| DropCause::BadOffload)?;
         (seg.segment_count(), seg.max_segment_len())
     };
-    if count == 0 {
+    // More segments than one counter reservation covers is no real TSO packet (the kernel's
+    // segments are far larger): a malformed read, not a reason to rekey.
+    if count == 0 || count as u64 > MAX_RESERVE {
         return Err(DropCause::BadOffload);
     }
     let stride = HEADER_LEN + max_seg + TAG_LEN;
@@ -497,6 +509,7 @@ fn send_segmented<I: PacketIo>(
                 hdr,
                 &Fill {
                     session: tx.session,
+                    lane: tx.lane,
                     first_counter: reservation.first,
                     skip: done,
                     take: per_buf.min(count - done),
@@ -543,6 +556,7 @@ fn send_segmented<I: PacketIo>(
 /// One pass of [`fill_segments`]: which segments go where.
 struct Fill<'a> {
     session: &'a Session,
+    lane: u8,
     first_counter: u64,
     /// Segments earlier passes already sent.
     skip: usize,
@@ -582,7 +596,7 @@ fn fill_segments(
         };
         match f
             .session
-            .seal(f.first_counter + (f.skip + i) as u64, slot, n)
+            .seal_on_lane(f.lane, f.first_counter + (f.skip + i) as u64, slot, n)
         {
             Ok(dlen) => {
                 used = off + dlen;
