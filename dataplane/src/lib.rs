@@ -7,8 +7,8 @@
 
 pub mod crypto;
 pub mod engine;
-pub mod node;
 pub mod ipc;
+pub mod node;
 pub mod offload;
 pub mod replay;
 pub mod routing;
