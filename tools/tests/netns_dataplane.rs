@@ -19,10 +19,12 @@ fn two_nodes(backend: &str, tag: &str) {
     if !root_or_skip(&format!("two_nodes_{backend}")) {
         return;
     }
-    let mut topo = Topology::star(tag, 2);
-    let s0 = topo.start_dataplane(0, backend, 2);
-    let s1 = topo.start_dataplane(1, backend, 2);
+    let mut topo = star(tag, 2);
+    let s0 = topo.start_dataplane(0, backend, 2).unwrap();
+    let s1 = topo.start_dataplane(1, backend, 2).unwrap();
     install_mesh(&[s0.clone(), s1.clone()], &[0, 1]);
+    let cli = topo.bin("shadowmesh");
+    let cli = cli.as_str();
 
     assert!(ping(&topo, 0, "100.64.0.2", 3), "IPv4 ping 0 → 1 failed");
     assert!(ping(&topo, 1, "100.64.0.1", 3), "IPv4 ping 1 → 0 failed");
@@ -31,73 +33,71 @@ fn two_nodes(backend: &str, tag: &str) {
 
     // 200 MB over TCP through the tunnel, two flows in parallel so both TUN queues are used,
     // with hostile datagrams arriving at node 1's port meanwhile.
-    let server_a = topo.spawn(
-        1,
-        &[
-            bin("shadowmesh").to_str().unwrap(),
-            "bench",
-            "bulk-server",
-            "--listen",
-            "100.64.0.2:7001",
-        ],
-    );
-    let server_b = topo.spawn(
-        1,
-        &[
-            bin("shadowmesh").to_str().unwrap(),
-            "bench",
-            "bulk-server",
-            "--listen",
-            "[fd00::2]:7002",
-        ],
-    );
+    let server_a = topo
+        .spawn(
+            1,
+            &[cli, "bench", "bulk-server", "--listen", "100.64.0.2:7001"],
+        )
+        .unwrap();
+    let server_b = topo
+        .spawn(
+            1,
+            &[cli, "bench", "bulk-server", "--listen", "[fd00::2]:7002"],
+        )
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let client_a = topo.spawn(
-        0,
-        &[
-            bin("shadowmesh").to_str().unwrap(),
-            "bench",
-            "bulk-client",
-            "--connect",
-            "100.64.0.2:7001",
-            "--bytes",
-            "200M",
-            "--seed",
-            "7",
-        ],
-    );
-    let client_b = topo.spawn(
-        0,
-        &[
-            bin("shadowmesh").to_str().unwrap(),
-            "bench",
-            "bulk-client",
-            "--connect",
-            "[fd00::2]:7002",
-            "--bytes",
-            "64M",
-            "--seed",
-            "9",
-        ],
-    );
+    let client_a = topo
+        .spawn(
+            0,
+            &[
+                cli,
+                "bench",
+                "bulk-client",
+                "--connect",
+                "100.64.0.2:7001",
+                "--bytes",
+                "200M",
+                "--seed",
+                "7",
+            ],
+        )
+        .unwrap();
+    let client_b = topo
+        .spawn(
+            0,
+            &[
+                cli,
+                "bench",
+                "bulk-client",
+                "--connect",
+                "[fd00::2]:7002",
+                "--bytes",
+                "64M",
+                "--seed",
+                "9",
+            ],
+        )
+        .unwrap();
     let recv_key = hex(&key(0, 1));
     let rx_index = index(1, 0).to_string();
-    let junk = topo.exec(
-        0,
-        &[
-            bin("shadowmesh").to_str().unwrap(),
-            "bench",
-            "junk",
-            "--to",
-            "198.51.100.2:51820",
-            "--receiver-index",
-            &rx_index,
-            "--key",
-            &recv_key,
-            "--count",
-            "500",
-        ],
-    );
+    let junk = topo
+        .exec(
+            0,
+            &[
+                cli,
+                "bench",
+                "junk",
+                "--to",
+                "198.51.100.2:51820",
+                "--receiver-index",
+                &rx_index,
+                "--key",
+                &recv_key,
+                "--count",
+                "500",
+            ],
+        )
+        .unwrap();
     assert!(
         junk.status.success(),
         "junk sender: {}",
@@ -106,33 +106,35 @@ fn two_nodes(backend: &str, tag: &str) {
 
     // Ten small flows more: the TUN spreads flows over its queues by hash, so with twelve
     // flows both queues (and, through lane steering, both receive sockets) see traffic.
-    let cli = bin("shadowmesh");
-    let cli = cli.to_str().unwrap();
     let mut small = Vec::new();
     for k in 0..10u16 {
         let port = 7100 + k;
         let listen = format!("100.64.0.2:{port}");
-        let srv = topo.spawn(1, &[cli, "bench", "bulk-server", "--listen", &listen]);
+        let srv = topo
+            .spawn(1, &[cli, "bench", "bulk-server", "--listen", &listen])
+            .unwrap();
         small.push((port, srv));
     }
     std::thread::sleep(Duration::from_millis(300));
     let mut small_clients = Vec::new();
     for (port, srv) in small {
         let connect = format!("100.64.0.2:{port}");
-        let c = topo.spawn(
-            0,
-            &[
-                cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                &connect,
-                "--bytes",
-                "2M",
-                "--seed",
-                &port.to_string(),
-            ],
-        );
+        let c = topo
+            .spawn(
+                0,
+                &[
+                    cli,
+                    "bench",
+                    "bulk-client",
+                    "--connect",
+                    &connect,
+                    "--bytes",
+                    "2M",
+                    "--seed",
+                    &port.to_string(),
+                ],
+            )
+            .unwrap();
         small_clients.push((c, srv, format!("small flow {port}")));
     }
     let mut all = vec![
@@ -141,8 +143,8 @@ fn two_nodes(backend: &str, tag: &str) {
     ];
     all.extend(small_clients);
     for (client, server, what) in all {
-        let c = topo.wait(client, Duration::from_secs(240));
-        let s = topo.wait(server, Duration::from_secs(30));
+        let c = topo.wait(client, Duration::from_secs(240)).unwrap();
+        let s = topo.wait(server, Duration::from_secs(30)).unwrap();
         let (c, s) = (
             String::from_utf8_lossy(&c.stdout).to_string(),
             String::from_utf8_lossy(&s.stdout).to_string(),

@@ -1,0 +1,8 @@
+//! The `shadowmesh` tool's library: the pieces the CLI, the demo and the root-only tests share.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod demo;
+pub mod netns;
+pub mod selfcheck;
+pub mod static_cfg;

@@ -1,0 +1,290 @@
+//! Network-namespace topologies for the demo and the root-only tests: a hub namespace with a
+//! bridge, and nodes each joined to it by a veth pair (underlay 198.51.100.0/24), dataplanes
+//! started inside them, and everything removed on drop — also when the caller fails.
+//!
+//! Only addresses of DESIGN.md's test topology are used; every wait is bounded.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use shadowmesh_dataplane::ipc::proto::{InstallSession, Slot, CIPHER_AES_256_GCM};
+use shadowmesh_dataplane::ipc::{DownMsg, IpcClient, Stats, UpMsg};
+use zeroize::Zeroizing;
+
+/// Polling step of every bounded wait.
+const STEP: Duration = Duration::from_millis(25);
+
+/// Whether we run as root (namespaces and TUN devices need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Runs a command to completion; an error names the command and its output.
+pub fn run(args: &[&str]) -> anyhow::Result<Output> {
+    let (prog, rest) = args.split_first().context("empty command")?;
+    let out = Command::new(prog)
+        .args(rest)
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A set of namespaces, torn down on drop (processes killed, namespaces deleted).
+pub struct Topology {
+    /// Namespace names: the hub first, then the nodes.
+    pub ns: Vec<String>,
+    /// Scratch directory (sockets, logs), removed on drop.
+    pub dir: PathBuf,
+    /// Where the ShadowMesh binaries are.
+    pub bin_dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Topology {
+    /// `n` nodes named `sm<tag><pid>n<i>`; node i gets underlay 198.51.100.(i+1)/24.
+    pub fn star(tag: &str, n: usize, bin_dir: &Path) -> anyhow::Result<Topology> {
+        if n == 0 || n > 200 {
+            bail!("a topology has 1..=200 nodes, not {n}");
+        }
+        let pid = std::process::id() % 100_000;
+        let base = format!("sm{tag}{pid}");
+        let dir = std::env::temp_dir().join(format!("{base}-dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut topo = Topology {
+            ns: Vec::new(),
+            dir,
+            bin_dir: bin_dir.to_path_buf(),
+            children: Vec::new(),
+        };
+        let hub = format!("{base}h");
+        run(&["ip", "netns", "add", &hub])?;
+        topo.ns.push(hub.clone());
+        run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let ns = format!("{base}n{i}");
+            run(&["ip", "netns", "add", &ns])?;
+            topo.ns.push(ns.clone());
+            let (a, b) = (format!("u{i}"), format!("p{i}"));
+            run(&[
+                "ip", "-n", &ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns",
+                &hub,
+            ])?;
+            run(&["ip", "-n", &hub, "link", "set", &b, "master", "br0"])?;
+            run(&["ip", "-n", &hub, "link", "set", &b, "up"])?;
+            let addr = format!("198.51.100.{}/24", i + 1);
+            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &a])?;
+            run(&["ip", "-n", &ns, "link", "set", &a, "up"])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(topo)
+    }
+
+    /// Node i's namespace name.
+    pub fn node(&self, i: usize) -> &str {
+        self.ns.get(i + 1).map_or("", String::as_str)
+    }
+
+    /// Path of a ShadowMesh binary.
+    pub fn bin(&self, name: &str) -> String {
+        self.bin_dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Runs a command inside node i and waits for it.
+    pub fn exec(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", self.node(i)])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {args:?} in node {i}"))
+    }
+
+    /// Starts a command inside node i; it is killed on drop. Returns a handle for `wait`.
+    pub fn spawn(&mut self, i: usize, args: &[&str]) -> anyhow::Result<usize> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.node(i)])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {args:?} in node {i}"))?;
+        self.children.push(Some(child));
+        Ok(self.children.len() - 1)
+    }
+
+    /// Waits for a spawned command at most `timeout` (then kills it) and returns its output.
+    pub fn wait(&mut self, handle: usize, timeout: Duration) -> anyhow::Result<Output> {
+        let mut child = self
+            .children
+            .get_mut(handle)
+            .and_then(Option::take)
+            .context("no such process handle")?;
+        let steps = (timeout.as_millis() / STEP.as_millis()).max(1);
+        for _ in 0..steps {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(STEP);
+        }
+        if child.try_wait()?.is_none() {
+            let _ = child.kill();
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Starts a dataplane in node i (TUN `sm0`, 100.64.0.(i+1)/24 and fd00::(i+1)/64, data
+    /// port 51820) and returns its IPC socket once it is ready.
+    pub fn start_dataplane(
+        &mut self,
+        i: usize,
+        backend: &str,
+        workers: usize,
+    ) -> anyhow::Result<PathBuf> {
+        let sock = self.dir.join(format!("dp{i}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let v4 = format!("100.64.0.{}/24", i + 1);
+        let v6 = format!("fd00::{}/64", i + 1);
+        let w = workers.to_string();
+        let log = self.dir.join(format!("dp{i}.log"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.node(i)])
+            .arg(self.bin("shadowmesh-dataplane"))
+            .args(["--tun", "sm0", "--addr", &v4, "--addr", &v6])
+            .args([
+                "--bind",
+                "0.0.0.0:51820",
+                "--workers",
+                &w,
+                "--backend",
+                backend,
+            ])
+            .arg("--socket")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting shadowmesh-dataplane")?;
+        self.children.push(Some(child));
+        for _ in 0..400 {
+            if sock.exists() {
+                return Ok(sock);
+            }
+            std::thread::sleep(STEP);
+        }
+        bail!(
+            "the dataplane in node {i} did not come up within 10 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.ns {
+            // Anything still running inside (spawned through `ip netns exec`) goes too.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A static key for the direction `from` → `to` (static mode: both ends know it).
+pub fn static_key(from: usize, to: usize) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = (from as u8).wrapping_mul(31) ^ (to as u8).wrapping_mul(17) ^ i as u8 ^ 0xa5;
+    }
+    k
+}
+
+/// Receiver index node `me` uses for its session with `peer`.
+pub fn static_index(me: usize, peer: usize) -> u32 {
+    (me as u32 + 1) * 1000 + peer as u32 + 1
+}
+
+/// Installs a full mesh of static sessions among `nodes` (peer ids = node numbers + 1) over
+/// each node's IPC socket.
+pub fn install_static_mesh(sockets: &[PathBuf], nodes: &[usize]) -> anyhow::Result<()> {
+    for (sock, &me) in sockets.iter().zip(nodes) {
+        let mut c = IpcClient::connect(sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
+        for &peer in nodes.iter().filter(|&&p| p != me) {
+            let id = peer as u32 + 1;
+            let v4: IpAddr = format!("100.64.0.{}", peer + 1).parse()?;
+            let v6: IpAddr = format!("fd00::{}", peer + 1).parse()?;
+            let ep: SocketAddr = format!("198.51.100.{}:51820", peer + 1).parse()?;
+            for msg in [
+                DownMsg::InstallSession(InstallSession {
+                    peer: id,
+                    slot: Slot::Current,
+                    local_index: static_index(me, peer),
+                    remote_index: static_index(peer, me),
+                    cipher: CIPHER_AES_256_GCM,
+                    send_key: Zeroizing::new(static_key(me, peer)),
+                    recv_key: Zeroizing::new(static_key(peer, me)),
+                    rekey_after_secs: 0,
+                    reject_after_secs: 0,
+                }),
+                DownMsg::SetRoutes {
+                    peer: id,
+                    prefixes: vec![(v4, 32), (v6, 128)],
+                },
+                DownMsg::SetEndpoint { peer: id, addr: ep },
+            ] {
+                let reply = c.request(msg)?;
+                if reply != UpMsg::Ack {
+                    bail!("the dataplane refused a static session request: {reply:?}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a dataplane's counters over IPC.
+pub fn stats(socket: &Path) -> anyhow::Result<Stats> {
+    let mut c = IpcClient::connect(socket)?;
+    match c.request(DownMsg::GetStats { first_peer: 0 })? {
+        UpMsg::Stats(s) => Ok(s),
+        other => bail!("GetStats answered {other:?}"),
+    }
+}
+
+/// The value of `key=value` in a bench output line.
+pub fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
