@@ -1,5 +1,11 @@
 //! Shared harness of the root-only namespace tests, over `shadowmesh::netns`.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
 
 use std::path::{Path, PathBuf};
 
