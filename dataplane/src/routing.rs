@@ -124,32 +124,35 @@ impl Key for u128 {
 /// next `tbits` bits after the root prefix equal the entry's index, and the best value
 /// already matched above that point.
 #[derive(Clone, Copy)]
-struct Bucket<T> {
+struct Bucket {
     start: u32,
-    best: Option<T>,
+    /// Node index of the deepest valued node above `start`, or [`NIL`].
+    best: u32,
 }
 
-/// Largest stride table: 2^16 entries (~0.75 MiB for `u32` values).
+/// Largest stride table: 2^16 entries of 8 bytes.
 const MAX_TABLE_BITS: u8 = 16;
 /// Below this many prefixes a plain walk is short enough; no table.
 const MIN_TABLE_ENTRIES: usize = 32;
 
-/// Table width for `live` prefixes: about 8 entries per prefix, capped.
+/// Table width for `live` prefixes: 4 to 8 entries per prefix, capped.
 fn table_bits_for(live: usize) -> u8 {
     if live < MIN_TABLE_ENTRIES {
         return 0;
     }
     let log2 = (usize::BITS - 1 - live.leading_zeros()) as u8;
-    (log2 + 3).min(MAX_TABLE_BITS)
+    (log2 + 2).min(MAX_TABLE_BITS)
 }
 
 #[derive(Clone)]
-struct Node<K, T> {
+struct Node<K> {
     /// The prefix, host bits zero.
     key: K,
-    len: u8,
-    value: Option<T>,
     child: [u32; 2],
+    len: u8,
+    /// Whether `values[this node]` holds a value. Values live in a parallel array so a
+    /// node stays small (16 bytes for IPv4, 32 for IPv6: never straddling a cache line).
+    has_value: bool,
 }
 
 /// Where a link lives: the root pointer or one of a node's two children.
@@ -161,13 +164,15 @@ enum Slot {
 
 #[derive(Clone)]
 struct Trie<K, T> {
-    nodes: Vec<Node<K, T>>,
+    nodes: Vec<Node<K>>,
+    /// Parallel to `nodes`.
+    values: Vec<Option<T>>,
     root: u32,
     live: usize,
     /// Root stride table: indexed by the `tbits` address bits that follow the root node's
     /// prefix (`tbase` bits long), it skips the top of the walk, where random prefix sets
     /// put most of their branching. Empty when `tbits == 0`.
-    table: Vec<Bucket<T>>,
+    table: Vec<Bucket>,
     tbase: u8,
     tbits: u8,
 }
@@ -176,6 +181,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
     fn new() -> Self {
         Self {
             nodes: Vec::new(),
+            values: Vec::new(),
             root: NIL,
             live: 0,
             table: Vec::new(),
@@ -186,7 +192,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
 
     #[inline]
     fn lookup(&self, key: K) -> Option<T> {
-        let (mut i, mut best) = (self.root, None);
+        let (mut i, mut found) = (self.root, NIL);
         if self.tbits > 0 {
             let root = self.nodes.get(self.root as usize)?;
             if key.common(root.key) < root.len {
@@ -194,21 +200,22 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
                 return None;
             }
             let b = self.table.get(key.index(self.tbase, self.tbits))?;
-            (i, best) = (b.start, b.best);
+            (i, found) = (b.start, b.best);
         }
+        // Remember the deepest valued node and read its value once at the end.
         while let Some(n) = self.nodes.get(i as usize) {
             if key.common(n.key) < n.len {
                 break;
             }
-            if n.value.is_some() {
-                best = n.value;
+            if n.has_value {
+                found = i;
             }
             if n.len >= K::BITS {
                 break;
             }
             i = n.child[key.bit(n.len) & 1];
         }
-        best
+        self.values.get(found as usize).copied().flatten()
     }
 
     fn get_slot(&self, s: Slot) -> u32 {
@@ -237,10 +244,11 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
         let mask = K::mask(len);
         self.nodes.push(Node {
             key: key.and(mask),
-            len,
-            value,
             child: [NIL, NIL],
+            len,
+            has_value: value.is_some(),
         });
+        self.values.push(value);
         Ok(idx)
     }
 
@@ -276,7 +284,11 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
             let common = key.common(nkey).min(len).min(nlen);
             if common == nlen {
                 if nlen == len {
-                    let old = n.value.replace(value);
+                    n.has_value = true;
+                    let old = self
+                        .values
+                        .get_mut(cur as usize)
+                        .and_then(|v| v.replace(value));
                     if old.is_none() {
                         self.live += 1;
                     }
@@ -321,7 +333,8 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
 
     fn remove(&mut self, key: K, len: u8) -> Option<T> {
         let i = self.find_exact(key, len)?;
-        let old = self.nodes.get_mut(i)?.value.take();
+        self.nodes.get_mut(i)?.has_value = false;
+        let old = self.values.get_mut(i)?.take();
         if old.is_some() {
             self.live -= 1;
             if !self.maybe_rebuild() {
@@ -333,9 +346,10 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
 
     fn remove_value(&mut self, value: T) -> usize {
         let mut removed = 0;
-        for n in &mut self.nodes {
-            if n.value == Some(value) {
-                n.value = None;
+        for (n, v) in self.nodes.iter_mut().zip(self.values.iter_mut()) {
+            if *v == Some(value) {
+                *v = None;
+                n.has_value = false;
                 removed += 1;
             }
         }
@@ -380,7 +394,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
             1 << bits,
             Bucket {
                 start: NIL,
-                best: None,
+                best: NIL,
             },
         );
         for e in 0..self.table.len() {
@@ -417,7 +431,7 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
         };
         let end = self.tbase + self.tbits;
         let k = root.key.with_index(self.tbase, self.tbits, e);
-        let (mut i, mut best) = (self.root, None);
+        let (mut i, mut best) = (self.root, NIL);
         while let Some(n) = self.nodes.get(i as usize) {
             if n.len >= end {
                 break;
@@ -426,8 +440,8 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
                 i = NIL;
                 break;
             }
-            if n.value.is_some() {
-                best = n.value;
+            if n.has_value {
+                best = i;
             }
             i = n.child[k.bit(n.len) & 1];
         }
@@ -439,7 +453,8 @@ impl<K: Key, T: Copy + Eq> Trie<K, T> {
     fn entries(&self) -> impl Iterator<Item = (K, u8, T)> + '_ {
         self.nodes
             .iter()
-            .filter_map(|n| n.value.map(|v| (n.key, n.len, v)))
+            .zip(self.values.iter())
+            .filter_map(|(n, v)| v.map(|v| (n.key, n.len, v)))
     }
 }
 
