@@ -250,6 +250,11 @@ impl IpcHandler for EngineHandler<'_> {
                     slot,
                     session: Arc::new(session),
                 });
+                if slot == Slot::Current {
+                    // Key confirmation for the responder, whose `next` session waits for our
+                    // first authenticated packet before it may send.
+                    self.engine.send_keepalive(s.peer);
+                }
                 Ok(None)
             }
             DownMsg::RemoveSession { local_index } => {

@@ -867,3 +867,22 @@ fn oversized_segment_count_is_not_a_rekey() {
         p.a.nonzero_drops()
     );
 }
+
+#[test]
+fn keepalive_command_confirms_the_responders_next_session() {
+    // A handshake just finished: A (initiator) holds `Current`, B (responder) holds `Next`,
+    // which B may not send on until A's first authenticated packet arrives.
+    let mut p = Pair::without_sessions(FakeConfig::plain());
+    let (sa, sb) = session_pair(A_INDEX, B_INDEX, 9, T0, Limits::DEFAULT);
+    p.install(sa, Slot::Current, Arc::clone(&sb), Slot::Next);
+    p.settle_commands();
+    assert!(!sb.confirmed());
+    p.a.command(Command::Keepalive { peer: PEER_B });
+    p.pump();
+    assert_eq!(p.b.totals().keepalives_rx, 1);
+    assert!(sb.confirmed(), "the keepalive did not confirm B's next session");
+    assert!(p.b.wire.take_tun().is_empty(), "a keepalive must not reach the TUN");
+    // B now sends on the promoted session.
+    assert_flows(&mut p, 1);
+    p.assert_clean();
+}

@@ -212,6 +212,13 @@ impl Engine {
         }
     }
 
+    /// Sends a keepalive to `peer` on its current session (through worker 0).
+    pub fn send_keepalive(&self, peer: PeerId) {
+        if let Some(tx) = self.commands.first() {
+            let _ = tx.send(Command::Keepalive { peer });
+        }
+    }
+
     /// Events for the control plane.
     pub fn events(&self) -> &Receiver<Event> {
         &self.events

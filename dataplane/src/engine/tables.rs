@@ -61,6 +61,12 @@ pub enum Command {
         /// Its underlay address.
         addr: SocketAddr,
     },
+    /// Sends a keepalive (an empty data message) to a peer on its current session, so a
+    /// responder sees key confirmation at once (given to one worker only).
+    Keepalive {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Sends a control datagram from the data port (given to one worker only).
     SendControl {
         /// Destination.
@@ -201,7 +207,7 @@ impl Tables {
                     .or_insert_with(|| PeerEntry::new(new_counters(peer)));
                 entry.endpoint = Some(addr);
             }
-            Command::SendControl { .. } => {}
+            Command::SendControl { .. } | Command::Keepalive { .. } => {}
         }
     }
 

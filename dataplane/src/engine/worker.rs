@@ -130,9 +130,16 @@ impl<I: PacketIo> Worker<I> {
             let Ok(cmd) = self.setup.commands.try_recv() else {
                 break;
             };
-            if let Command::SendControl { dst, payload } = &cmd {
-                self.send_control(*dst, payload);
-                continue;
+            match &cmd {
+                Command::SendControl { dst, payload } => {
+                    self.send_control(*dst, payload);
+                    continue;
+                }
+                Command::Keepalive { peer } => {
+                    self.send_keepalive(*peer);
+                    continue;
+                }
+                _ => {}
             }
             let registry = &self.setup.peer_counters;
             self.tables.apply(cmd, &mut |peer| {
@@ -160,6 +167,37 @@ impl<I: PacketIo> Worker<I> {
         };
         if n > 0 {
             self.io.send_udp(id, 0..n, dst, None);
+            self.totals.udp_tx_datagrams += 1;
+        }
+        self.io.release(id);
+    }
+
+    fn send_keepalive(&mut self, peer: PeerId) {
+        let now = (self.setup.clock)();
+        let Some(entry) = self.tables.peers.get(&peer) else {
+            return;
+        };
+        let (Some(session), Some(endpoint)) = (entry.sessions.sending(), entry.endpoint) else {
+            return;
+        };
+        let Ok(r) = session.reserve(1, now) else {
+            return;
+        };
+        let Some(id) = self.io.alloc() else {
+            self.totals.drop(DropCause::NoBuffer);
+            return;
+        };
+        let sealed = self
+            .io
+            .buf_mut(id)
+            .and_then(|b| b.get_mut(..HEADER_LEN + TAG_LEN))
+            .and_then(|b| {
+                session
+                    .seal_on_lane(self.setup.id as u8, r.first, b, 0)
+                    .ok()
+            });
+        if let Some(n) = sealed {
+            self.io.send_udp(id, 0..n, endpoint, None);
             self.totals.udp_tx_datagrams += 1;
         }
         self.io.release(id);
