@@ -880,8 +880,14 @@ fn keepalive_command_confirms_the_responders_next_session() {
     p.a.command(Command::Keepalive { peer: PEER_B });
     p.pump();
     assert_eq!(p.b.totals().keepalives_rx, 1);
-    assert!(sb.confirmed(), "the keepalive did not confirm B's next session");
-    assert!(p.b.wire.take_tun().is_empty(), "a keepalive must not reach the TUN");
+    assert!(
+        sb.confirmed(),
+        "the keepalive did not confirm B's next session"
+    );
+    assert!(
+        p.b.wire.take_tun().is_empty(),
+        "a keepalive must not reach the TUN"
+    );
     // B now sends on the promoted session.
     assert_flows(&mut p, 1);
     p.assert_clean();
