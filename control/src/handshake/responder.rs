@@ -121,8 +121,19 @@ impl<'a> Responder<'a> {
         self.cookies.counts(src)
     }
 
-    /// Adds a (verified at use) certificate to the cache, e.g. one fetched from the DHT.
-    pub fn cache_cert(&mut self, cert: NodeCert) {
+    /// Adds a certificate to the cache (e.g. one fetched from the DHT) after verifying it
+    /// against the CA at `now`. Cached certificates are trusted by signature; only their
+    /// validity window is re-checked when an initiation names them by hash.
+    ///
+    /// # Errors
+    /// The verification failure; nothing is cached.
+    pub fn cache_cert(&mut self, cert: NodeCert, now: Duration) -> Result<(), HandshakeError> {
+        cert.verify(&self.ca, now.as_secs())?;
+        self.insert_cached(cert);
+        Ok(())
+    }
+
+    fn insert_cached(&mut self, cert: NodeCert) {
         if self.cert_cache.len() >= MAX_CACHED_CERTS {
             if let Some(k) = self.cert_cache.keys().next().copied() {
                 self.cert_cache.remove(&k);
@@ -206,6 +217,7 @@ impl<'a> Responder<'a> {
             Some(CERT_FULL) => {
                 let n = usize::from(r.u16().ok_or(bad("certificate length"))?);
                 let c = NodeCert::from_bytes(r.take(n).ok_or(bad("certificate"))?)?;
+                c.verify(&self.ca, now.as_secs())?;
                 (c, true)
             }
             Some(CERT_HASH) => {
@@ -228,7 +240,8 @@ impl<'a> Responder<'a> {
         if !r.is_empty() {
             return Err(bad("end of payload after the cipher preferences"));
         }
-        peer_cert.verify(&self.ca, now.as_secs())?;
+        // Full certificates were verified above; cached ones were verified when cached.
+        peer_cert.check_validity(now.as_secs())?;
         let peer_id = peer_cert.node_id();
         if self.last_ts.get(&peer_id).is_some_and(|last| ts <= *last) {
             return Err(HandshakeError::Replay);
@@ -286,7 +299,7 @@ impl<'a> Responder<'a> {
         }
         self.last_ts.insert(peer_id, ts);
         if fresh {
-            self.cache_cert(peer_cert.clone());
+            self.insert_cached(peer_cert.clone());
         }
         Ok(ResponderOutput::Reply {
             m2,

@@ -149,6 +149,50 @@ fn cached_certificate_hash_first_contact_then_hash() {
     assert_eq!(*i.handle_response(&m2, t).unwrap().send_key, *re.recv_key);
 }
 
+#[test]
+fn certificate_cache_verifies_on_insert_and_rechecks_validity() {
+    let n = net();
+    let t = NOW.as_secs();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    r.mark_validated(src());
+    let other = Ca::generate("other").unwrap();
+    let foreign = other.sign(request(&n.a, "a", t - 10, t + 10)).unwrap();
+    assert!(matches!(
+        r.cache_cert(foreign, NOW),
+        Err(HandshakeError::Cert(CertError::WrongIssuer))
+    ));
+    // A short-lived certificate, cached while valid, is refused by hash once expired.
+    let short = n.ca.sign(request(&n.a, "a", t - 10, t + 5)).unwrap();
+    r.cache_cert(short.clone(), NOW).unwrap();
+    let hash_opts = InitiatorOptions {
+        send_cert_hash: true,
+        ..Default::default()
+    };
+    let start_with = |now: Duration| {
+        Initiator::with_options(
+            &n.a,
+            &short,
+            &n.b_cert,
+            n.ca.public(),
+            1,
+            now,
+            &SystemRandom::new(),
+            hash_opts.clone(),
+        )
+        .unwrap()
+        .1
+    };
+    let _ = reply(
+        r.handle_initiation(&start_with(NOW), src(), NOW, false, 1)
+            .unwrap(),
+    );
+    let later = NOW + Duration::from_secs(6);
+    assert!(matches!(
+        r.handle_initiation(&start_with(later), src(), later, false, 2),
+        Err(HandshakeError::Cert(CertError::Expired { .. }))
+    ));
+}
+
 /// Flipping any byte of M1 makes the responder refuse it, with the original mac1 (caught by
 /// mac1) and with mac1 recomputed by an attacker who knows the responder's public keys
 /// (caught by the transcript/AEAD). The untouched M1 is accepted afterwards.
