@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_system_tools
 echo "==> building (release; the first build takes a few minutes)"
-cargo build --release --locked --workspace --bins
+cargo build --release --workspace --bins
 exec target/release/shadowmesh demo "$@"

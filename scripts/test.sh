@@ -14,17 +14,17 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, property, integration, benches in test mode)"
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+cargo test --workspace --all-targets
+cargo test --workspace --doc
 
 step "portable targets type-check (platform crate)"
 for target in aarch64-apple-darwin aarch64-unknown-linux-gnu; do
   if rustup target list --installed 2>/dev/null | grep -qx "$target" \
      || rustup target add "$target" >/dev/null 2>&1; then
-    cargo check -p shadowmesh-platform --target "$target" --locked
+    cargo check -p shadowmesh-platform --target "$target"
     echo "checked shadowmesh-platform for $target"
   else
     echo "skipped shadowmesh-platform check for $target: rustup could not install the target"
