@@ -143,6 +143,22 @@ pub fn bind_group(cfg: &UdpSocketConfig, n: usize) -> Result<Vec<UdpSock>, Platf
     if n == 0 || n > 1024 {
         return Err(PlatformError::BadGroupSize { n });
     }
+    // SO_REUSEPORT would let a second dataplane of the same user silently join our group and
+    // take half our traffic: first make sure nobody holds the port at all.
+    if cfg.bind.port() != 0 {
+        if let Err(e) = std::net::UdpSocket::bind(cfg.bind) {
+            return Err(match e.raw_os_error() {
+                Some(libc::EADDRINUSE) => PlatformError::PortInUse {
+                    port: cfg.bind.port(),
+                },
+                Some(libc::EADDRNOTAVAIL) => PlatformError::AddrNotAvailable { addr: cfg.bind },
+                Some(libc::EACCES) => PlatformError::PrivilegedPort {
+                    port: cfg.bind.port(),
+                },
+                _ => PlatformError::os("bind", e),
+            });
+        }
+    }
     let gso_ok = cfg.gso && gso_supported(cfg.bind.is_ipv6());
     let mut out = Vec::with_capacity(n);
     let mut addr = cfg.bind;
