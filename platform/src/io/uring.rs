@@ -30,6 +30,7 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+use crate::slab::Slab;
 use crate::udp::UdpSock;
 
 use super::{BufId, IoStats, PacketIo, Received, Source, PACKET_OFFSET, TAILROOM, VNET_HDR_LEN};
@@ -101,42 +102,27 @@ struct FrameState {
     ops: u16,
 }
 
-/// Memory for the frames: one zeroed, page-aligned allocation.
+/// The frames live in the worker's [`Slab`]: one page-aligned mapping the kernel reads and
+/// writes through the buffer rings and the queued operations. This backend tracks who holds
+/// each frame itself (ring, engine, operations), so it uses the slab for memory only.
 struct FrameMem {
-    ptr: NonNull<u8>,
-    layout: Layout,
+    slab: Slab,
     frame_len: usize,
 }
 
 impl FrameMem {
     fn new(frames: usize, frame_len: usize) -> io::Result<Self> {
-        let size = frames
-            .checked_mul(frame_len)
-            .filter(|s| *s > 0)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame memory size"))?;
-        let layout = Layout::from_size_align(size, 4096)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout has a non-zero size (checked above).
-        let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Self {
-            ptr,
-            layout,
-            frame_len,
-        })
+        let slab = Slab::new(frame_len, frames).map_err(|e| io::Error::other(e.to_string()))?;
+        let frame_len = slab.frame_size();
+        Ok(Self { slab, frame_len })
     }
 
     fn addr(&self, frame: u32) -> *mut u8 {
-        // SAFETY: callers pass frame indices below the frame count the memory was sized for,
-        // so the offset stays inside the allocation.
-        unsafe { self.ptr.as_ptr().add(frame as usize * self.frame_len) }
-    }
-}
-
-impl Drop for FrameMem {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this exact layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        // In bounds for every frame index below the slab's frame count, which is all callers
+        // pass; wrapping_add keeps this safe code either way.
+        self.slab
+            .base_ptr()
+            .wrapping_add(frame as usize * self.frame_len)
     }
 }
 
