@@ -194,13 +194,6 @@ ip -n "$NSA" link set vA up
 ip -n "$NSB" link set vB up
 ip netns exec "$NSA" ping -c 1 -W 2 198.51.100.2 >/dev/null || die "the veth does not pass traffic"
 
-# iperf3 server in B for the whole run (serves every path's address, one test at a time).
-ip netns exec "$NSB" iperf3 -s -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 50); do
-    ip netns exec "$NSB" ss -Hltn "sport = :$IPERF_PORT" | grep -q LISTEN && break
-    sleep 0.1
-done
 # Echo server on the underlay address (raw path).
 ip netns exec "$NSB" "$SM" bench echo-server --listen "198.51.100.2:$ECHO_PORT" --duration 7200 \
     >"$WORK/echo-raw.log" 2>&1 &
@@ -221,6 +214,9 @@ local_index = $((net * 100 + self))
 remote_index = $((net * 100 + peer))
 send_key = "$skey"
 recv_key = "$rkey"
+# A block runs for minutes and static mode has no handshake to rekey: keep the key usable.
+rekey_after_secs = 86400
+reject_after_secs = 86400
 EOF
 }
 
@@ -295,16 +291,34 @@ check_alive() { # backend workers
 
 # ---------------------------------------------------------------- measurements
 
-# iperf3 client in A, JSON to FILE; retries (bounded) when the server is still busy.
-iperf() { # file args...
-    local f=$1 try
-    shift
-    for try in 1 2 3; do
-        if timeout $((SECS + 30)) ip netns exec "$NSA" iperf3 -J -p "$IPERF_PORT" "$@" >"$f" 2>&1; then
+# Starts a one-test iperf3 server in B on ADDR (a fresh one per test, so a test that hangs
+# cannot leave a busy server behind) and waits until it listens; sets SRV_PID.
+SRV_PID=""
+iperf_server() { # addr
+    ip netns exec "$NSB" iperf3 -s -1 -p "$IPERF_PORT" -B "$1" >>"$WORK/iperf3-server.log" 2>&1 &
+    SRV_PID=$!
+    PIDS+=("$SRV_PID")
+    for _ in $(seq 50); do
+        ip netns exec "$NSB" ss -Hltn "sport = :$IPERF_PORT" | grep -q LISTEN && return 0
+        sleep 0.1
+    done
+    log "iperf3 server on $1 did not listen within 5 s"
+}
+
+# iperf3 client in A to DST, JSON to FILE; one retry (bounded in time by timeout).
+iperf() { # file dst args...
+    local f=$1 dst=$2 try
+    shift 2
+    for try in 1 2; do
+        iperf_server "$dst"
+        if timeout $((SECS + 20)) ip netns exec "$NSA" iperf3 -J -p "$IPERF_PORT" -c "$dst" "$@" \
+            >"$f" 2>&1; then
+            stop_pid "$SRV_PID"
             return 0
         fi
-        log "iperf3 $* failed (try $try): $(grep -o '"error":[^}]*' "$f" | head -1)"
-        sleep 2
+        stop_pid "$SRV_PID"
+        log "iperf3 -c $dst $* failed (try $try): $(grep -o '"error":[^}]*' "$f" | head -1)"
+        sleep 1
     done
     ERRORS=$((ERRORS + 1))
     return 1
@@ -339,9 +353,9 @@ measure() { # workers rep path target
         f="$d-$kind.json"
         [ "$path" = raw ] || snap "$path" "$d-$kind-s0"
         case $kind in
-            tcp1) iperf "$f" -c "$dst" -t "$SECS" -O 1 || true ;;
-            tcp4) iperf "$f" -c "$dst" -t "$SECS" -O 1 -P 4 || true ;;
-            udp) iperf "$f" -c "$dst" -t "$SECS" -u -l 1300 -b "$UDP_RATE" || true ;;
+            tcp1) iperf "$f" "$dst" -t "$SECS" -O 1 || true ;;
+            tcp4) iperf "$f" "$dst" -t "$SECS" -O 1 -P 4 || true ;;
+            udp) iperf "$f" "$dst" -t "$SECS" -u -l 1300 -b "$UDP_RATE" || true ;;
         esac
         if [ "$path" != raw ]; then
             snap "$path" "$d-$kind-s1"
@@ -360,7 +374,9 @@ measure() { # workers rep path target
     python3 "$STAT" echo "$d-echo-idle.txt" | record_lines "$w" "$rep" "$path" "rtt_idle_"
 
     # RTT under load: one TCP stream runs for SECS+3 s; probes start after 1 s.
-    timeout $((SECS + 30)) ip netns exec "$NSA" iperf3 -J -p "$IPERF_PORT" -c "$dst" \
+    iperf_server "$dst"
+    local spid=$SRV_PID
+    timeout $((SECS + 20)) ip netns exec "$NSA" iperf3 -J -p "$IPERF_PORT" -c "$dst" \
         -t $((SECS + 3)) >"$d-load.json" 2>&1 &
     local lpid=$!
     PIDS+=("$lpid")
@@ -368,6 +384,7 @@ measure() { # workers rep path target
     echo_rtt "$dst" "$d-echo-load.txt" "$LOAD_ECHO_COUNT" "$LOAD_ECHO_INTERVAL_US"
     wait "$lpid" 2>/dev/null || log "the load stream for $path ended with an error"
     stop_pid "$lpid"
+    stop_pid "$spid"
     python3 "$STAT" echo "$d-echo-load.txt" | record_lines "$w" "$rep" "$path" "rtt_load_"
     python3 "$STAT" iperf tcp "$d-load.json" | record_lines "$w" "$rep" "$path" "load_tcp_"
 }
