@@ -12,3 +12,6 @@ pub mod handshake;
 pub mod identity;
 pub mod kdf;
 pub mod transport;
+pub mod api;
+pub mod config;
+pub mod daemon;

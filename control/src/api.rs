@@ -1,0 +1,732 @@
+//! The admin API: HTTP/1.1 + JSON over a Unix socket (mode 0600), one request per connection.
+//!
+//! Routes: `GET /health`, `GET /v1/status`, `GET /v1/peers`, `POST /v1/connect
+//! {"peer": NAME}`, `POST /v1/disconnect {"peer": NAME}`. Also the JSON types (shared with the
+//! `shadowmesh` CLI, which deserializes them) and a small blocking client.
+//!
+//! A hand-written server rather than hyper/axum: five routes, no keep-alive, no TLS; a bounded
+//! parser (8 KiB head, 4 KiB body, 5 s to send it) is easier to audit than a framework's
+//! defaults. It owns request parsing and rendering; it never holds keys or touches the
+//! dataplane except through the bridge's `GetStats`, and malformed input is a 4xx, never a
+//! panic.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::daemon::ipc_bridge::Bridge;
+use shadowmesh_dataplane::ipc::{DownMsg, PeerStats, UpMsg};
+
+/// Largest request head (request line + headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body.
+pub const MAX_BODY: usize = 4 * 1024;
+/// Time a client has to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response the client accepts.
+pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+
+/// Why a request was refused (each maps to a 4xx status).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not HTTP/1.x as expected.
+    #[error("malformed request: expected {0}")]
+    Malformed(&'static str),
+    /// Head or body over its limit.
+    #[error("request {0} too large")]
+    TooLarge(&'static str),
+    /// A valid HTTP feature this server does not do.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl RequestError {
+    /// The HTTP status for this refusal.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(_) => 400,
+            Self::TooLarge(_) => 413,
+            Self::Unsupported(_) => 501,
+        }
+    }
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target (query strings are not used and kept as they are).
+    pub path: String,
+    /// The body (`Content-Length` bytes).
+    pub body: Vec<u8>,
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Parses a request from the bytes received so far: `Ok(None)` means "need more bytes".
+///
+/// # Errors
+/// [`RequestError`] for anything malformed or over a limit (the connection is answered with
+/// its status and closed).
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, RequestError> {
+    let Some(head_len) = find_head_end(buf) else {
+        if buf.len() > MAX_HEAD {
+            return Err(RequestError::TooLarge("head"));
+        }
+        return Ok(None);
+    };
+    if head_len > MAX_HEAD {
+        return Err(RequestError::TooLarge("head"));
+    }
+    let head = std::str::from_utf8(buf.get(..head_len).unwrap_or_default())
+        .map_err(|_| RequestError::Malformed("an ASCII request head"))?;
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(RequestError::Malformed("METHOD SP PATH SP HTTP/1.x"));
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(RequestError::Malformed("an upper-case method"));
+    }
+    if !path.starts_with('/') {
+        return Err(RequestError::Malformed("a path starting with '/'"));
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(RequestError::Malformed("HTTP/1.0 or HTTP/1.1"));
+    }
+    let mut content_length: Option<usize> = None;
+    for h in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or(RequestError::Malformed("headers as `Name: value`"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value
+                .parse()
+                .map_err(|_| RequestError::Malformed("a decimal Content-Length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(RequestError::Malformed("one Content-Length"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(RequestError::Unsupported(
+                "Transfer-Encoding (send Content-Length)",
+            ));
+        }
+    }
+    let n = content_length.unwrap_or(0);
+    if n > MAX_BODY {
+        return Err(RequestError::TooLarge("body"));
+    }
+    let Some(body) = buf.get(head_len..head_len + n) else {
+        return Ok(None);
+    };
+    if buf.len() > head_len + n {
+        return Err(RequestError::Malformed(
+            "one request per connection (no pipelining)",
+        ));
+    }
+    Ok(Some(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        body: body.to_vec(),
+    }))
+}
+
+/// The admin routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /health`.
+    Health,
+    /// `GET /v1/status`.
+    Status,
+    /// `GET /v1/peers`.
+    Peers,
+    /// `POST /v1/connect`.
+    Connect,
+    /// `POST /v1/disconnect`.
+    Disconnect,
+}
+
+/// Maps a method and path to a route: 404 for an unknown path, 405 for a known path with
+/// another method.
+///
+/// # Errors
+/// `(status, message)`.
+pub fn route(method: &str, path: &str) -> Result<Route, (u16, &'static str)> {
+    let (want, r) = match path {
+        "/health" => ("GET", Route::Health),
+        "/v1/status" => ("GET", Route::Status),
+        "/v1/peers" => ("GET", Route::Peers),
+        "/v1/connect" => ("POST", Route::Connect),
+        "/v1/disconnect" => ("POST", Route::Disconnect),
+        _ => return Err((404, "no such path")),
+    };
+    if method == want {
+        Ok(r)
+    } else if want == "GET" {
+        Err((405, "method not allowed (use GET)"))
+    } else {
+        Err((405, "method not allowed (use POST)"))
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Renders a complete response with a JSON body.
+#[must_use]
+pub fn render(status: u16, body: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn error_body(msg: &str) -> String {
+    serde_json::to_string(&ErrorReply {
+        error: msg.to_string(),
+    })
+    .unwrap_or_else(|_| "{}".into())
+}
+
+/// `{"error": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Body of `/v1/connect` and `/v1/disconnect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    /// Peer name (or node id hex prefix of ≥ 8 characters).
+    pub peer: String,
+}
+
+/// This node, in `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    /// Name from the configuration.
+    pub name: String,
+    /// Node id, hex (first 8 bytes).
+    pub node_id: String,
+    /// Overlay addresses from our certificate.
+    pub addresses: Vec<String>,
+    /// Certificate expiry (unix seconds).
+    pub cert_not_after: u64,
+}
+
+/// The dataplane, in `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DataplaneInfo {
+    /// IPC connected.
+    pub connected: bool,
+    /// IPC socket path.
+    pub socket: String,
+    /// Worker count (from its stats; `None` when not connected).
+    pub workers: Option<usize>,
+}
+
+/// Handshake counters, in `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HandshakeInfo {
+    /// Initiations sent, retries included.
+    pub initiations_sent: u64,
+    /// Completed as initiator.
+    pub completed_initiator: u64,
+    /// Completed as responder.
+    pub completed_responder: u64,
+    /// Handshake messages refused.
+    pub refused: u64,
+    /// Initiations abandoned.
+    pub gave_up: u64,
+}
+
+/// One peer, in `/v1/status` and `/v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PeerInfo {
+    /// Dataplane peer id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Node id, hex (first 8 bytes).
+    pub node_id: String,
+    /// Underlay endpoint.
+    pub endpoint: Option<String>,
+    /// False after `disconnect`.
+    pub enabled: bool,
+    /// Learned from an initiation, not configured.
+    pub dynamic: bool,
+    /// Allowed overlay prefixes (from its certificate).
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last completed handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Age of the latest session, seconds.
+    pub session_age_secs: Option<u64>,
+    /// `initiator` or `responder` (our role in the latest session).
+    pub role: Option<String>,
+    /// Negotiated AEAD.
+    pub cipher: Option<String>,
+    /// An initiation is in flight.
+    pub handshaking: bool,
+    /// Consecutive unanswered initiations.
+    pub failures: u32,
+    /// Bytes received (dataplane counters).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StatusReply {
+    /// This node.
+    pub node: NodeInfo,
+    /// The dataplane.
+    pub dataplane: DataplaneInfo,
+    /// Handshake counters.
+    pub handshakes: HandshakeInfo,
+    /// Per-peer summary.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// `GET /v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PeersReply {
+    /// Every peer.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// What the API asks of the daemon's core (which owns the peer table).
+#[derive(Debug)]
+pub enum ApiCall {
+    /// A status snapshot (without dataplane counters; the API adds them).
+    Snapshot(oneshot::Sender<StatusReply>),
+    /// Enable a peer and handshake now.
+    Connect(String, oneshot::Sender<Result<(), String>>),
+    /// Disconnect a peer.
+    Disconnect(String, oneshot::Sender<Result<(), String>>),
+}
+
+/// Binds the admin socket with mode 0600, replacing a stale socket file but refusing to
+/// steal one a live daemon answers on.
+///
+/// # Errors
+/// The socket is in use by a running daemon, or an OS error.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{}: another control plane answers there", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Accepts admin connections until the listener fails; each connection gets its own task.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>, bridge: Bridge) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let calls = calls.clone();
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_conn(stream, &calls, &bridge).await {
+                debug!("admin connection: {e}");
+            }
+        });
+    }
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, (u16, String)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| (400, e.to_string()))?;
+        if n == 0 {
+            return Err((400, "connection closed before a complete request".into()));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        match parse_request(&buf) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) if buf.len() <= MAX_HEAD + MAX_BODY => {}
+            Ok(None) => return Err((413, "request too large".into())),
+            Err(e) => return Err((e.status(), e.to_string())),
+        }
+    }
+}
+
+async fn handle_conn(
+    mut stream: UnixStream,
+    calls: &mpsc::Sender<ApiCall>,
+    bridge: &Bridge,
+) -> std::io::Result<()> {
+    let (status, body) =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
+            Err(_) => (408, error_body("request not received within 5 s")),
+            Ok(Err((s, m))) => (s, error_body(&m)),
+            Ok(Ok(req)) => match route(&req.method, &req.path) {
+                Err((s, m)) => (s, error_body(m)),
+                Ok(r) => dispatch(r, &req.body, calls, bridge).await,
+            },
+        };
+    stream.write_all(&render(status, &body)).await?;
+    stream.shutdown().await
+}
+
+/// Fetches all per-peer counters (paged) and the worker count; `None` if not connected.
+async fn dataplane_stats(bridge: &Bridge) -> Option<(usize, Vec<PeerStats>)> {
+    let mut first = 0u32;
+    let mut peers = Vec::new();
+    let mut workers = 0;
+    // Bounded: 64 pages of 256 peers.
+    for _ in 0..64 {
+        match bridge
+            .request(DownMsg::GetStats { first_peer: first })
+            .await
+        {
+            Ok(UpMsg::Stats(s)) => {
+                workers = workers.max(s.workers.len());
+                peers.extend(s.peers);
+                match s.next_peer {
+                    Some(n) if n > first => first = n,
+                    _ => break,
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some((workers, peers))
+}
+
+async fn snapshot(calls: &mpsc::Sender<ApiCall>, bridge: &Bridge) -> Option<StatusReply> {
+    let (tx, rx) = oneshot::channel();
+    calls.send(ApiCall::Snapshot(tx)).await.ok()?;
+    let mut s = rx.await.ok()?;
+    if s.dataplane.connected {
+        if let Some((workers, stats)) = dataplane_stats(bridge).await {
+            s.dataplane.workers = Some(workers);
+            for p in &mut s.peers {
+                if let Some(st) = stats.iter().find(|st| st.peer == p.id) {
+                    p.rx_bytes = st.rx_bytes;
+                    p.tx_bytes = st.tx_bytes;
+                    p.rx_packets = st.rx_packets;
+                    p.tx_packets = st.tx_packets;
+                }
+            }
+        }
+    }
+    Some(s)
+}
+
+async fn dispatch(
+    r: Route,
+    body: &[u8],
+    calls: &mpsc::Sender<ApiCall>,
+    bridge: &Bridge,
+) -> (u16, String) {
+    let json = |v: Result<String, serde_json::Error>| match v {
+        Ok(s) => (200, s),
+        Err(e) => (500, error_body(&e.to_string())),
+    };
+    match r {
+        Route::Health => (200, "{\"ok\":true}".into()),
+        Route::Status => match snapshot(calls, bridge).await {
+            Some(s) => json(serde_json::to_string(&s)),
+            None => (503, error_body("the control plane is shutting down")),
+        },
+        Route::Peers => match snapshot(calls, bridge).await {
+            Some(s) => json(serde_json::to_string(&PeersReply { peers: s.peers })),
+            None => (503, error_body("the control plane is shutting down")),
+        },
+        Route::Connect | Route::Disconnect => {
+            let req: PeerRequest = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return (
+                        400,
+                        error_body(&format!("expected a body {{\"peer\": NAME}}: {e}")),
+                    )
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            let call = if r == Route::Connect {
+                ApiCall::Connect(req.peer, tx)
+            } else {
+                ApiCall::Disconnect(req.peer, tx)
+            };
+            if calls.send(call).await.is_err() {
+                return (503, error_body("the control plane is shutting down"));
+            }
+            match rx.await {
+                Ok(Ok(())) => (200, "{\"ok\":true}".into()),
+                Ok(Err(e)) => (404, error_body(&e)),
+                Err(_) => (503, error_body("the control plane is shutting down")),
+            }
+        }
+    }
+}
+
+/// Why an admin API call from the CLI failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach the control plane at {path}: {source} (is `shadowmesh up` running? try --admin PATH)")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Reading or writing failed.
+    #[error("admin API I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The answer was not an HTTP response.
+    #[error("malformed admin API response: expected {0}")]
+    Malformed(&'static str),
+}
+
+/// Blocking admin API call: returns the status and the body.
+///
+/// # Errors
+/// [`ClientError`].
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), ClientError> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shadowmesh\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    s.take(u64::try_from(MAX_RESPONSE).unwrap_or(u64::MAX))
+        .read_to_end(&mut resp)?;
+    let head_end = find_head_end(&resp).ok_or(ClientError::Malformed("a response head"))?;
+    let head = std::str::from_utf8(resp.get(..head_end).unwrap_or_default())
+        .map_err(|_| ClientError::Malformed("an ASCII response head"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(ClientError::Malformed("`HTTP/1.1 STATUS REASON`"))?;
+    let body = String::from_utf8_lossy(resp.get(head_end..).unwrap_or_default()).into_owned();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_get_and_post_with_body() {
+        let r = parse_request(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/v1/status"));
+        assert!(r.body.is_empty());
+        let raw = b"POST /v1/connect HTTP/1.1\r\nContent-Length: 14\r\n\r\n{\"peer\":\"b\"}  ";
+        let r = parse_request(raw).unwrap().unwrap();
+        assert_eq!(r.body, b"{\"peer\":\"b\"}  ");
+    }
+
+    #[test]
+    fn incomplete_requests_ask_for_more() {
+        assert_eq!(parse_request(b"GET /health HTTP/1.1\r\n").unwrap(), None);
+        let raw = b"POST /v1/connect HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"peer\"";
+        assert_eq!(parse_request(raw).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_requests_are_400() {
+        for raw in [
+            &b"GET\r\n\r\n"[..],
+            b"GET /health\r\n\r\n",
+            b"get /health HTTP/1.1\r\n\r\n",
+            b"GET health HTTP/1.1\r\n\r\n",
+            b"GET /health HTTP/2\r\n\r\n",
+            b"GET /health HTTP/1.1 extra\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nNoColon\r\n\r\n",
+            b"POST /v1/connect HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"POST /v1/connect HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"GET /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+        ] {
+            let e = parse_request(raw).unwrap_err();
+            assert_eq!(e.status(), 400, "{:?} -> {e}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let big_head = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            parse_request(big_head.as_bytes()).unwrap_err().status(),
+            413
+        );
+        // Without the end of the head, a long prefix is refused too (no unbounded buffering).
+        let endless = vec![b'a'; MAX_HEAD + 1];
+        assert_eq!(parse_request(&endless).unwrap_err().status(), 413);
+        let big_body = format!(
+            "POST /v1/connect HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert_eq!(
+            parse_request(big_body.as_bytes()).unwrap_err().status(),
+            413
+        );
+        let chunked = b"POST /v1/connect HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_request(chunked).unwrap_err().status(), 501);
+    }
+
+    #[test]
+    fn routes_404_and_405() {
+        assert_eq!(route("GET", "/health"), Ok(Route::Health));
+        assert_eq!(route("POST", "/v1/disconnect"), Ok(Route::Disconnect));
+        assert_eq!(route("GET", "/v2/status").unwrap_err().0, 404);
+        assert_eq!(route("POST", "/v1/status").unwrap_err().0, 405);
+        assert_eq!(route("GET", "/v1/connect").unwrap_err().0, 405);
+    }
+
+    #[test]
+    fn render_sets_length_and_status() {
+        let r = String::from_utf8(render(404, "{}")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(r.contains("Content-Length: 2\r\n"));
+        assert!(r.ends_with("\r\n\r\n{}"));
+    }
+
+    #[test]
+    fn server_answers_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("sm-api-test-{}", std::process::id()));
+        let path = dir.join("admin.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (calls_tx, mut calls_rx) = mpsc::channel(4);
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        // A bridge to a socket nobody serves: stats requests fail, the API still answers.
+        let (bridge, _h) = Bridge::spawn(dir.join("none.sock"), ev_tx).unwrap();
+        let _guard = rt.enter();
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        rt.spawn(serve(listener, calls_tx, bridge));
+        rt.spawn(async move {
+            while let Some(c) = calls_rx.recv().await {
+                match c {
+                    ApiCall::Snapshot(tx) => {
+                        let _ = tx.send(StatusReply {
+                            node: NodeInfo {
+                                name: "alpha".into(),
+                                ..NodeInfo::default()
+                            },
+                            ..StatusReply::default()
+                        });
+                    }
+                    ApiCall::Connect(n, tx) | ApiCall::Disconnect(n, tx) => {
+                        let _ = tx.send(if n == "beta" {
+                            Ok(())
+                        } else {
+                            Err(format!("no peer named {n:?}"))
+                        });
+                    }
+                }
+            }
+        });
+        let p = path.clone();
+        let results = rt.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                (
+                    call(&p, "GET", "/health", None).unwrap(),
+                    call(&p, "GET", "/v1/status", None).unwrap(),
+                    call(&p, "POST", "/v1/connect", Some("{\"peer\":\"beta\"}")).unwrap(),
+                    call(&p, "POST", "/v1/connect", Some("{\"peer\":\"zeta\"}")).unwrap(),
+                    call(&p, "POST", "/v1/connect", Some("nonsense")).unwrap(),
+                    call(&p, "DELETE", "/v1/peers", None).unwrap(),
+                )
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(results.0 .0, 200);
+        assert_eq!(results.1 .0, 200);
+        let s: StatusReply = serde_json::from_str(&results.1 .1).unwrap();
+        assert_eq!(s.node.name, "alpha");
+        assert_eq!(results.2 .0, 200);
+        assert_eq!(results.3 .0, 404);
+        assert!(results.3 .1.contains("zeta"));
+        assert_eq!(results.4 .0, 400);
+        assert_eq!(results.5 .0, 405);
+        // A second daemon must not steal the live socket.
+        assert!(bind(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,213 @@
+//! The bridge between the blocking dataplane IPC client and the tokio control plane: one
+//! dedicated std thread owns the [`IpcClient`], (re)connects with backoff, executes requests
+//! from a channel and forwards dataplane events up a tokio channel.
+//!
+//! Owns the IPC connection's life only. It never interprets events (the driver does) and never
+//! asks the dataplane to shut down: sessions must outlive the control plane.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use shadowmesh_dataplane::ipc::{DownMsg, IpcClient, IpcError, UpMsg};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Commands queued to the bridge thread before it refuses more (the driver re-sends state on
+/// reconnect, so a full queue loses nothing that matters for long).
+pub const COMMAND_QUEUE: usize = 4096;
+/// Wait for an event before looking at the command queue again.
+pub const EVENT_POLL: Duration = Duration::from_millis(5);
+/// First reconnection delay; doubled up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest reconnection delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the bridge reports up.
+#[derive(Debug)]
+pub enum BridgeEvent {
+    /// Connected (or reconnected) and greeted: send routes, endpoints and sessions.
+    Connected,
+    /// The connection was lost (the reason, for the log).
+    Disconnected(String),
+    /// An event from the dataplane.
+    Event(UpMsg),
+}
+
+/// The reply to a [`Bridge::request`]: the dataplane's answer, or why there is none.
+pub type Reply = Result<UpMsg, String>;
+
+enum Command {
+    Send(DownMsg),
+    Request(DownMsg, oneshot::Sender<Reply>),
+}
+
+/// Handle to the bridge thread; cheap to clone. The thread stops when every handle is gone.
+#[derive(Clone, Debug)]
+pub struct Bridge {
+    tx: Sender<Command>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread for the dataplane socket at `socket`.
+    ///
+    /// # Errors
+    /// The OS refused to start a thread.
+    pub fn spawn(
+        socket: PathBuf,
+        events: mpsc::Sender<BridgeEvent>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("dataplane-ipc".into())
+            .spawn(move || run(&socket, &rx, &events))?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Queues a request whose reply only matters if it fails (logged by the thread).
+    /// False if the queue is full or the thread is gone.
+    pub fn send(&self, msg: DownMsg) -> bool {
+        match self.tx.try_send(Command::Send(msg)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                warn!("dataplane command queue full; request dropped");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn request(&self, msg: DownMsg) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Request(msg, tx))
+            .map_err(|_| "the dataplane command queue is full or closed".to_string())?;
+        rx.await
+            .map_err(|_| "the dataplane bridge stopped".to_string())?
+    }
+}
+
+fn run(socket: &std::path::Path, rx: &Receiver<Command>, events: &mpsc::Sender<BridgeEvent>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut logged_down = false;
+    loop {
+        match IpcClient::connect_with_timeout(socket, Duration::from_secs(2)) {
+            Ok(client) => {
+                info!(socket = %socket.display(), "connected to the dataplane");
+                backoff = MIN_BACKOFF;
+                logged_down = false;
+                if events.blocking_send(BridgeEvent::Connected).is_err() {
+                    return;
+                }
+                match serve(client, rx, events) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        warn!("dataplane connection lost: {e}; reconnecting");
+                        if events
+                            .blocking_send(BridgeEvent::Disconnected(e.to_string()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !logged_down {
+                    info!(
+                        socket = %socket.display(),
+                        "dataplane not reachable ({e}); retrying with backoff"
+                    );
+                    logged_down = true;
+                }
+            }
+        }
+        // Wait out the backoff while refusing requests: nothing queued now can reach a
+        // dataplane that is not there, and the driver re-sends its state on reconnect.
+        let until = backoff;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        match rx.recv_timeout(until) {
+            Ok(cmd) => refuse(cmd),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            refuse(cmd);
+        }
+    }
+}
+
+fn refuse(cmd: Command) {
+    if let Command::Request(_, reply) = cmd {
+        let _ = reply.send(Err("the dataplane is not connected".into()));
+    }
+}
+
+/// True for errors that mean the connection is unusable (as opposed to one refused request).
+fn fatal(e: &IpcError) -> bool {
+    !matches!(e, IpcError::Remote { .. })
+}
+
+/// Serves one connection until it fails (`Err`) or every bridge handle is dropped (`Ok`).
+fn serve(
+    mut client: IpcClient,
+    rx: &Receiver<Command>,
+    events: &mpsc::Sender<BridgeEvent>,
+) -> Result<(), IpcError> {
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Send(msg)) => {
+                    let what = kind(&msg);
+                    match client.request(msg) {
+                        Ok(_) => {}
+                        Err(e) if fatal(&e) => return Err(e),
+                        Err(e) => warn!("dataplane refused {what}: {e}"),
+                    }
+                }
+                Ok(Command::Request(msg, reply)) => match client.request(msg) {
+                    Ok(up) => {
+                        let _ = reply.send(Ok(up));
+                    }
+                    Err(e) if fatal(&e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                },
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        match client.recv_event(EVENT_POLL)? {
+            Some(ev) => {
+                if events.blocking_send(BridgeEvent::Event(ev)).is_err() {
+                    return Ok(());
+                }
+            }
+            None => {
+                let dropped = client.events_dropped();
+                if dropped > 0 {
+                    debug!(dropped, "IPC events dropped by the client queue");
+                }
+            }
+        }
+    }
+}
+
+fn kind(m: &DownMsg) -> &'static str {
+    match m {
+        DownMsg::InstallSession(_) => "InstallSession",
+        DownMsg::RemoveSession { .. } => "RemoveSession",
+        DownMsg::RemovePeer { .. } => "RemovePeer",
+        DownMsg::SetRoutes { .. } => "SetRoutes",
+        DownMsg::SetEndpoint { .. } => "SetEndpoint",
+        DownMsg::SendControl { .. } => "SendControl",
+        DownMsg::GetStats { .. } => "GetStats",
+        DownMsg::Shutdown => "Shutdown",
+    }
+}

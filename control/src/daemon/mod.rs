@@ -1,0 +1,317 @@
+//! The control-plane process: loads the configuration, identity and certificates, keeps the
+//! dataplane filled (routes, endpoints, sessions) over the IPC bridge, runs handshakes through
+//! the sans-IO [`sessions::Driver`], and serves the admin API.
+//!
+//! Owns the wiring and the one event loop; the protocol decisions live in `sessions`. It never
+//! stops the dataplane (sessions outlive a control-plane restart) and never logs key material.
+
+pub mod ipc_bridge;
+pub mod peers;
+pub mod sessions;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiCall, DataplaneInfo, HandshakeInfo, NodeInfo, PeerInfo, StatusReply};
+use crate::cert::{CaPublic, CertError, NodeCert};
+use crate::config::{Config, ConfigError};
+use crate::identity::{hex, Identity, IdentityError};
+use ipc_bridge::{Bridge, BridgeEvent};
+use sessions::{Driver, PeerSpec, Settings};
+
+/// Why the control plane could not start.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The configuration file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Our secret key file (`node.key` in the config).
+    #[error("node.key {path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why (the permission error carries the chmod fix).
+        source: IdentityError,
+    },
+    /// A certificate or CA file could not be loaded.
+    #[error("{what} {path}: {source}")]
+    CertFile {
+        /// Which key of the config named it.
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: CertError,
+    },
+    /// Our own certificate is not usable (expired, other CA, not our keys).
+    #[error("our certificate is not usable: {0}")]
+    OwnCert(String),
+    /// No peer of that name.
+    #[error("no peer named {0:?}")]
+    UnknownPeer(String),
+    /// A crypto primitive failed (RNG).
+    #[error("crypto failure: {0}")]
+    Crypto(&'static str),
+    /// Socket or thread setup.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything loaded from the files named by the configuration.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Our identity (secret keys).
+    pub identity: Identity,
+    /// Our certificate.
+    pub cert: NodeCert,
+    /// The network CA.
+    pub ca: CaPublic,
+    /// Static peers with their certificates (not yet verified).
+    pub peers: Vec<PeerSpec>,
+}
+
+/// Loads the identity, certificates and CA named by `config`.
+///
+/// # Errors
+/// [`DaemonError`] naming the file and what is wrong with it.
+pub fn load(config: Config) -> Result<Loaded, DaemonError> {
+    let identity = Identity::load_secret(&config.node.key).map_err(|source| DaemonError::Key {
+        path: config.node.key.clone(),
+        source,
+    })?;
+    let cert_err = |what: &str, path: &PathBuf| {
+        let what = what.to_string();
+        let path = path.clone();
+        move |source| DaemonError::CertFile { what, path, source }
+    };
+    let cert =
+        NodeCert::load(&config.node.cert).map_err(cert_err("node.cert", &config.node.cert))?;
+    let ca = CaPublic::load(&config.node.ca).map_err(cert_err("node.ca", &config.node.ca))?;
+    if cert.body.public != *identity.public() {
+        return Err(DaemonError::OwnCert(format!(
+            "{} certifies other keys than {} (sign this node's .pub)",
+            config.node.cert.display(),
+            config.node.key.display()
+        )));
+    }
+    let mut peers = Vec::with_capacity(config.peers.len());
+    for (i, p) in config.peers.iter().enumerate() {
+        let c = NodeCert::load(&p.cert).map_err(cert_err(&format!("peer[{i}].cert"), &p.cert))?;
+        peers.push(PeerSpec {
+            name: p.name.clone(),
+            cert: c,
+            endpoint: p.endpoint,
+        });
+    }
+    Ok(Loaded {
+        config,
+        identity,
+        cert,
+        ca,
+        peers,
+    })
+}
+
+/// Driver settings from the configuration.
+#[must_use]
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        rekey_after: Duration::from_secs(u64::from(config.control.rekey_after_secs)),
+        reject_after: Duration::from_secs(u64::from(config.control.reject_after_secs)),
+        ..Settings::default()
+    }
+}
+
+fn snapshot(
+    d: &Driver<'_>,
+    name: &str,
+    connected: bool,
+    socket: &str,
+    now: Duration,
+) -> StatusReply {
+    let cert = d.my_cert();
+    let st = d.stats();
+    let secs = |t: Duration| now.saturating_sub(t).as_secs();
+    StatusReply {
+        node: NodeInfo {
+            name: name.to_string(),
+            node_id: hex(&cert.node_id()[..8]),
+            addresses: cert
+                .body
+                .ipv4
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .chain(cert.body.ipv6.iter().map(|(a, l)| format!("{a}/{l}")))
+                .collect(),
+            cert_not_after: cert.body.not_after,
+        },
+        dataplane: DataplaneInfo {
+            connected,
+            socket: socket.to_string(),
+            workers: None,
+        },
+        handshakes: HandshakeInfo {
+            initiations_sent: st.initiations_sent,
+            completed_initiator: st.completed_initiator,
+            completed_responder: st.completed_responder,
+            refused: st.refused,
+            gave_up: st.gave_up,
+        },
+        peers: d
+            .peers()
+            .iter()
+            .map(|p| {
+                let s = p.live_session(now, d.settings().reject_after);
+                PeerInfo {
+                    id: p.id,
+                    name: p.name.clone(),
+                    node_id: p.short_id(),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    enabled: p.enabled,
+                    dynamic: p.dynamic,
+                    allowed_ips: p.routes().iter().map(|(a, l)| format!("{a}/{l}")).collect(),
+                    last_handshake_secs: p.last_handshake.map(secs),
+                    session_age_secs: s.map(|s| s.age(now).as_secs()),
+                    role: s.map(|s| {
+                        if s.initiator {
+                            "initiator"
+                        } else {
+                            "responder"
+                        }
+                        .to_string()
+                    }),
+                    cipher: s.map(|s| {
+                        match s.install.cipher {
+                            1 => "aes-256-gcm",
+                            2 => "chacha20-poly1305",
+                            _ => "unknown",
+                        }
+                        .to_string()
+                    }),
+                    handshaking: p.in_flight.is_some(),
+                    failures: p.failures,
+                    ..PeerInfo::default()
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Runs the control plane until SIGTERM/SIGINT. `clock` returns the time since the Unix
+/// epoch (the binary's one clock).
+///
+/// # Errors
+/// Start-up failures ([`DaemonError`]); once running, problems are logged and retried.
+pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonError> {
+    let Loaded {
+        config,
+        identity,
+        cert,
+        ca,
+        peers,
+    } = loaded;
+    let now = clock();
+    let mut driver =
+        Driver::new(&identity, cert, ca, peers, settings(&config), now).map_err(|e| match e {
+            DaemonError::OwnCert(m) => DaemonError::OwnCert(format!(
+                "{}: {m} (CA {})",
+                config.node.cert.display(),
+                config.node.ca.display()
+            )),
+            other => other,
+        })?;
+    info!(
+        node = %config.node.name,
+        id = %hex(&identity.node_id()[..8]),
+        peers = driver.peers().len(),
+        "control plane starting"
+    );
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| DaemonError::Io { what, source }
+    };
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (bridge, _bridge_thread) = Bridge::spawn(config.dataplane.socket.clone(), ev_tx)
+        .map_err(io("starting the IPC thread"))?;
+    let listener = api::bind(&config.control.admin_socket).map_err(io(&format!(
+        "admin socket {}",
+        config.control.admin_socket.display()
+    )))?;
+    info!(admin = %config.control.admin_socket.display(), "admin API listening");
+    let (call_tx, mut call_rx) = mpsc::channel(64);
+    let api_task = tokio::spawn(api::serve(listener, call_tx, bridge.clone()));
+    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+
+    let socket_name = config.dataplane.socket.display().to_string();
+    let mut connected = false;
+    let send_all = |bridge: &Bridge, msgs: Vec<_>| {
+        for m in msgs {
+            bridge.send(m);
+        }
+    };
+    loop {
+        let now = clock();
+        let wait = driver.poll_timeout(now).saturating_sub(now);
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                Some(BridgeEvent::Connected) => {
+                    connected = true;
+                    let now = clock();
+                    send_all(&bridge, driver.on_connected(now));
+                    // Handshake at once with peers that have no session.
+                    send_all(&bridge, driver.handle_timeout(now));
+                }
+                Some(BridgeEvent::Disconnected(why)) => {
+                    connected = false;
+                    warn!("dataplane disconnected: {why}");
+                }
+                Some(BridgeEvent::Event(ev)) => send_all(&bridge, driver.handle_event(ev, clock())),
+                None => {
+                    warn!("the IPC thread stopped");
+                    break;
+                }
+            },
+            call = call_rx.recv() => match call {
+                Some(ApiCall::Snapshot(tx)) => {
+                    let _ = tx.send(snapshot(&driver, &config.node.name, connected, &socket_name, clock()));
+                }
+                Some(ApiCall::Connect(name, tx)) => {
+                    let r = driver.connect(&name, clock()).map(|m| send_all(&bridge, m));
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                }
+                Some(ApiCall::Disconnect(name, tx)) => {
+                    let r = driver.disconnect(&name).map(|m| send_all(&bridge, m));
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                }
+                None => break,
+            },
+            () = tokio::time::sleep(wait) => {
+                // Without a dataplane nothing can be sent: no handshakes until it is back.
+                if connected {
+                    send_all(&bridge, driver.handle_timeout(clock()));
+                }
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping (the dataplane keeps its sessions)"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping (the dataplane keeps its sessions)"); break; }
+        }
+    }
+    api_task.abort();
+    let _ = std::fs::remove_file(&config.control.admin_socket);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! The control plane's table of peers: who they are (verified certificate), where they are
+//! (endpoint), whether the operator wants them connected, and the last session handed to the
+//! dataplane for each (kept so a restarted dataplane can be refilled).
+//!
+//! Owns peer bookkeeping only; it never talks to the dataplane or reads a clock, and it never
+//! logs key material (sessions' keys stay in `Zeroizing` storage inside `InstallSession`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use shadowmesh_dataplane::ipc::{InstallSession, Slot};
+
+use crate::cert::{NodeCert, Prefix};
+use crate::identity::hex;
+
+/// A session handed to the dataplane.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// What was installed (keys included, zeroized on drop).
+    pub install: InstallSession,
+    /// When the handshake completed (since the Unix epoch).
+    pub established_at: Duration,
+    /// True if we initiated it.
+    pub initiator: bool,
+}
+
+impl SessionRecord {
+    /// Seconds since the handshake.
+    #[must_use]
+    pub fn age(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.established_at)
+    }
+}
+
+/// One peer.
+#[derive(Debug)]
+pub struct Peer {
+    /// Dataplane peer id (1-based, stable for the control plane's lifetime).
+    pub id: u32,
+    /// Name (configuration override or the certificate's).
+    pub name: String,
+    /// Verified certificate.
+    pub cert: NodeCert,
+    /// SHA-256 of its signing key.
+    pub node_id: [u8; 32],
+    /// Underlay endpoint (configured, learned from a handshake, or reported by roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// False after `disconnect` (no handshakes, removed from the dataplane).
+    pub enabled: bool,
+    /// Learned from an initiation rather than configured.
+    pub dynamic: bool,
+    /// The latest session.
+    pub session: Option<SessionRecord>,
+    /// The session before it (the dataplane keeps it as `previous`).
+    pub previous: Option<SessionRecord>,
+    /// When the last handshake completed.
+    pub last_handshake: Option<Duration>,
+    /// Local index of our initiation in flight, if any.
+    pub in_flight: Option<u32>,
+    /// When the last initiation started (on-demand rate limit).
+    pub last_started: Option<Duration>,
+    /// No timer-driven initiation before this time (after a give-up).
+    pub next_attempt: Duration,
+    /// A handshake with it completed, so it has our certificate cached (send its hash).
+    pub has_our_cert: bool,
+    /// Consecutive initiations that got no answer.
+    pub failures: u32,
+}
+
+impl Peer {
+    /// A new, enabled peer.
+    #[must_use]
+    pub fn new(id: u32, name: String, cert: NodeCert, endpoint: Option<SocketAddr>) -> Self {
+        Self {
+            id,
+            name,
+            node_id: cert.node_id(),
+            cert,
+            endpoint,
+            enabled: true,
+            dynamic: false,
+            session: None,
+            previous: None,
+            last_handshake: None,
+            in_flight: None,
+            last_started: None,
+            next_attempt: Duration::ZERO,
+            has_our_cert: false,
+            failures: 0,
+        }
+    }
+
+    /// Allowed prefixes in the dataplane's representation.
+    #[must_use]
+    pub fn routes(&self) -> Vec<(IpAddr, u8)> {
+        self.cert
+            .allowed_prefixes()
+            .into_iter()
+            .map(|p| match p {
+                Prefix::V4(a, l) => (IpAddr::V4(a), l),
+                Prefix::V6(a, l) => (IpAddr::V6(a), l),
+            })
+            .collect()
+    }
+
+    /// A short, loggable node id (first 8 bytes in hex).
+    #[must_use]
+    pub fn short_id(&self) -> String {
+        hex(&self.node_id[..8])
+    }
+
+    /// Whether the latest session can still carry traffic at `now`.
+    #[must_use]
+    pub fn live_session(&self, now: Duration, reject_after: Duration) -> Option<&SessionRecord> {
+        self.session.as_ref().filter(|s| s.age(now) < reject_after)
+    }
+}
+
+/// Peers by dataplane id, with lookups by node id and name.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: Vec<Peer>,
+    by_node: HashMap<[u8; 32], u32>,
+}
+
+impl PeerTable {
+    /// Adds a peer and returns its id; `None` if its node id is already present.
+    pub fn add(
+        &mut self,
+        name: String,
+        cert: NodeCert,
+        endpoint: Option<SocketAddr>,
+    ) -> Option<u32> {
+        let node_id = cert.node_id();
+        if self.by_node.contains_key(&node_id) {
+            return None;
+        }
+        let id = u32::try_from(self.peers.len()).ok()?.checked_add(1)?;
+        self.peers.push(Peer::new(id, name, cert, endpoint));
+        self.by_node.insert(node_id, id);
+        Some(id)
+    }
+
+    /// Peer by dataplane id.
+    #[must_use]
+    pub fn get(&self, id: u32) -> Option<&Peer> {
+        self.peers.get(usize::try_from(id).ok()?.checked_sub(1)?)
+    }
+
+    /// Mutable peer by dataplane id.
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut Peer> {
+        self.peers
+            .get_mut(usize::try_from(id).ok()?.checked_sub(1)?)
+    }
+
+    /// Peer id by node id.
+    #[must_use]
+    pub fn by_node(&self, node_id: &[u8; 32]) -> Option<u32> {
+        self.by_node.get(node_id).copied()
+    }
+
+    /// Peer id by name (or by node id hex prefix of at least 8 characters).
+    #[must_use]
+    pub fn by_name(&self, name: &str) -> Option<u32> {
+        self.peers
+            .iter()
+            .find(|p| p.name == name)
+            .or_else(|| {
+                (name.len() >= 8)
+                    .then(|| {
+                        self.peers
+                            .iter()
+                            .find(|p| hex(&p.node_id).starts_with(name))
+                    })
+                    .flatten()
+            })
+            .map(|p| p.id)
+    }
+
+    /// All peers in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter()
+    }
+
+    /// All peers, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        self.peers.iter_mut()
+    }
+
+    /// Number of peers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True without peers.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+/// The install message to re-send after a dataplane restart: same keys and slot, lifetimes
+/// shortened by the session's age so the dataplane does not extend a key's life.
+#[must_use]
+pub fn refill(rec: &SessionRecord, now: Duration) -> InstallSession {
+    let age = u32::try_from(rec.age(now).as_secs()).unwrap_or(u32::MAX);
+    let mut m = rec.install.clone();
+    m.rekey_after_secs = m.rekey_after_secs.saturating_sub(age).max(1);
+    m.reject_after_secs = m.reject_after_secs.saturating_sub(age).max(1);
+    // A responder's session was `Next` until the peer's first packet promoted it; after a
+    // restart the dataplane lost that, and the peer's next packet promotes it again.
+    if !rec.initiator {
+        m.slot = Slot::Next;
+    }
+    m
+}
