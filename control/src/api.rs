@@ -539,6 +539,63 @@ pub enum ClientError {
     /// The answer was not an HTTP response.
     #[error("malformed admin API response: expected {0}")]
     Malformed(&'static str),
+    /// The control plane answered with an error status.
+    #[error("the control plane answered {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its `error` field (or the body).
+        message: String,
+    },
+    /// The body was not the expected JSON.
+    #[error("admin API response is not the expected JSON: {0}")]
+    Decode(String),
+}
+
+fn checked(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, ClientError> {
+    let (status, body) = call(socket, method, path, body)?;
+    if status != 200 {
+        let message = serde_json::from_str::<ErrorReply>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        return Err(ClientError::Status { status, message });
+    }
+    Ok(body)
+}
+
+/// `GET path` decoded as `T`; also returns the raw JSON (for `--json`).
+///
+/// # Errors
+/// [`ClientError`].
+pub fn get_json<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+) -> Result<(T, String), ClientError> {
+    let body = checked(socket, "GET", path, None)?;
+    let v = serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok((v, body))
+}
+
+/// `POST /v1/connect` (`connect` true) or `/v1/disconnect` for `peer`.
+///
+/// # Errors
+/// [`ClientError`] (404 status for an unknown peer).
+pub fn post_peer(socket: &Path, peer: &str, connect: bool) -> Result<(), ClientError> {
+    let body = serde_json::to_string(&PeerRequest {
+        peer: peer.to_string(),
+    })
+    .map_err(|e| ClientError::Decode(e.to_string()))?;
+    let path = if connect {
+        "/v1/connect"
+    } else {
+        "/v1/disconnect"
+    };
+    checked(socket, "POST", path, Some(&body)).map(|_| ())
 }
 
 /// Blocking admin API call: returns the status and the body.

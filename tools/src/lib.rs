@@ -3,6 +3,9 @@
 
 pub mod bench;
 pub mod demo;
+pub mod keys;
 pub mod netns;
 pub mod selfcheck;
 pub mod static_cfg;
+pub mod status;
+pub mod up;

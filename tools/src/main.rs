@@ -1,7 +1,7 @@
 //! `shadowmesh`: the command-line tool — self-check, static sessions, dataplane stats.
 #![forbid(unsafe_code)]
 
-use shadowmesh::{bench, demo, selfcheck, static_cfg};
+use shadowmesh::{bench, demo, keys, selfcheck, static_cfg, status, up};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,6 +69,50 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
+    /// Generates a node identity: OUT.key (secret, 0600) and OUT.pub.
+    Keygen {
+        /// Output path prefix, e.g. /etc/shadowmesh/node.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The network CA: `ca init` creates it, `ca sign` certifies a node.
+    Ca {
+        #[command(subcommand)]
+        cmd: keys::CaCmd,
+    },
+    /// Starts the dataplane and the control plane of a node and supervises them.
+    Up {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Stops the node started by `up` with this configuration.
+    Down {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// This node, its dataplane and a table of its peers (via the admin API).
+    Status(status::AdminArgs),
+    /// Every peer in detail: endpoint, allowed IPs, handshake, session, transfer.
+    Peers(status::AdminArgs),
+    /// Enables a peer and handshakes with it now.
+    Connect {
+        /// Peer name.
+        peer: String,
+        #[command(flatten)]
+        admin: status::AdminArgs,
+    },
+    /// Drops a peer's sessions and routes and stops handshaking with it.
+    Disconnect {
+        /// Peer name.
+        peer: String,
+        #[command(flatten)]
+        admin: status::AdminArgs,
+    },
 }
 
 /// The CLI's one clock.
@@ -125,6 +169,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench { cmd } => bench::run(cmd, clock),
+        Cmd::Keygen { out, force } => keys::keygen(&out, force).map(|id| println!("node id {id}")),
+        Cmd::Ca { cmd } => keys::ca(cmd),
+        Cmd::Up { config } => up::up(&config),
+        Cmd::Down { config } => up::down(&config),
+        Cmd::Status(a) => status::status(&a),
+        Cmd::Peers(a) => status::peers(&a),
+        Cmd::Connect { peer, admin } => status::connect(&admin, &peer, true),
+        Cmd::Disconnect { peer, admin } => status::connect(&admin, &peer, false),
         Cmd::Demo {
             nodes,
             backend,

@@ -1,0 +1,244 @@
+//! `shadowmesh status`, `shadowmesh peers`, `shadowmesh connect`, `shadowmesh disconnect`:
+//! the operator's view, through the control plane's admin API (the dataplane serves one IPC
+//! client, the control plane, so status never talks to it directly).
+//!
+//! Owns formatting only (a table like `tailscale status`, blocks like `wg show`, or the raw
+//! JSON with `--json`); it never changes state except through the API's connect/disconnect.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use shadowmesh_control::api::{self, PeerInfo, PeersReply, StatusReply};
+use shadowmesh_control::config::{Config, DEFAULT_ADMIN_SOCKET};
+
+/// Where to find the admin socket.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// The admin socket (default: from --config, else /run/shadowmesh/admin.sock).
+    #[arg(long)]
+    pub admin: Option<PathBuf>,
+    /// A node configuration to take the admin socket from.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON instead of a table (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AdminArgs {
+    /// The admin socket path.
+    ///
+    /// # Errors
+    /// The configuration does not load.
+    pub fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(a) = &self.admin {
+            return Ok(a.clone());
+        }
+        if let Some(c) = &self.config {
+            return Ok(Config::load(c)?.control.admin_socket);
+        }
+        Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET))
+    }
+}
+
+/// Human-readable byte count (binary units).
+#[must_use]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// "5s ago", "3m ago", "never".
+#[must_use]
+pub fn ago(secs: Option<u64>) -> String {
+    match secs {
+        None => "never".into(),
+        Some(s) if s < 120 => format!("{s}s ago"),
+        Some(s) if s < 7200 => format!("{}m ago", s / 60),
+        Some(s) => format!("{}h ago", s / 3600),
+    }
+}
+
+fn state(p: &PeerInfo) -> String {
+    if !p.enabled {
+        "disconnected".into()
+    } else if let (Some(c), Some(age)) = (&p.cipher, p.session_age_secs) {
+        format!("{c} {age}s")
+    } else if p.handshaking {
+        "handshaking".into()
+    } else if p.failures > 0 {
+        format!("unreachable ({} tries)", p.failures)
+    } else {
+        "idle".into()
+    }
+}
+
+/// Renders the status table.
+#[must_use]
+pub fn render_status(s: &StatusReply) -> String {
+    let mut out = format!(
+        "node {} ({})  {}\ndataplane: {}\nhandshakes: {} initiations, {} completed as initiator, {} as responder, {} refused, {} given up\n",
+        s.node.name,
+        s.node.node_id,
+        s.node.addresses.join(", "),
+        if s.dataplane.connected {
+            format!(
+                "connected ({} workers, {})",
+                s.dataplane.workers.map_or("?".into(), |w| w.to_string()),
+                s.dataplane.socket
+            )
+        } else {
+            format!("NOT connected ({})", s.dataplane.socket)
+        },
+        s.handshakes.initiations_sent,
+        s.handshakes.completed_initiator,
+        s.handshakes.completed_responder,
+        s.handshakes.refused,
+        s.handshakes.gave_up,
+    );
+    if s.peers.is_empty() {
+        out.push_str("no peers\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "\n{:<16} {:<18} {:<24} {:<22} {:<10} {:>11} {:>11}\n",
+        "PEER", "ADDRESS", "ENDPOINT", "SESSION", "HANDSHAKE", "RX", "TX"
+    ));
+    for p in &s.peers {
+        out.push_str(&format!(
+            "{:<16} {:<18} {:<24} {:<22} {:<10} {:>11} {:>11}\n",
+            p.name,
+            p.allowed_ips.first().map_or("-", String::as_str),
+            p.endpoint.as_deref().unwrap_or("-"),
+            state(p),
+            ago(p.last_handshake_secs),
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes),
+        ));
+    }
+    out
+}
+
+/// Renders `wg show`-style peer blocks.
+#[must_use]
+pub fn render_peers(peers: &[PeerInfo]) -> String {
+    let mut out = String::new();
+    for p in peers {
+        out.push_str(&format!("peer: {} ({})\n", p.name, p.node_id));
+        out.push_str(&format!(
+            "  endpoint: {}\n",
+            p.endpoint.as_deref().unwrap_or("(none)")
+        ));
+        out.push_str(&format!("  allowed ips: {}\n", p.allowed_ips.join(", ")));
+        out.push_str(&format!(
+            "  latest handshake: {}{}\n",
+            ago(p.last_handshake_secs),
+            p.role
+                .as_ref()
+                .map_or(String::new(), |r| format!(" (as {r})"))
+        ));
+        out.push_str(&format!("  session: {}\n", state(p)));
+        out.push_str(&format!(
+            "  transfer: {} received ({} packets), {} sent ({} packets)\n",
+            bytes(p.rx_bytes),
+            p.rx_packets,
+            bytes(p.tx_bytes),
+            p.tx_packets
+        ));
+        if p.dynamic {
+            out.push_str("  (learned from its handshake, not configured)\n");
+        }
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("no peers\n");
+    }
+    out
+}
+
+/// `shadowmesh status`.
+///
+/// # Errors
+/// The control plane is unreachable or answered an error.
+pub fn status(a: &AdminArgs) -> anyhow::Result<()> {
+    let (s, body): (StatusReply, _) = api::get_json(&a.socket()?, "/v1/status")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", render_status(&s));
+    }
+    Ok(())
+}
+
+/// `shadowmesh peers`.
+///
+/// # Errors
+/// The control plane is unreachable or answered an error.
+pub fn peers(a: &AdminArgs) -> anyhow::Result<()> {
+    let (p, body): (PeersReply, _) = api::get_json(&a.socket()?, "/v1/peers")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", render_peers(&p.peers));
+    }
+    Ok(())
+}
+
+/// `shadowmesh connect NAME` / `shadowmesh disconnect NAME`.
+///
+/// # Errors
+/// Unknown peer, unreachable control plane.
+pub fn connect(a: &AdminArgs, peer: &str, up: bool) -> anyhow::Result<()> {
+    api::post_peer(&a.socket()?, peer, up)?;
+    println!("{} {peer}", if up { "connecting" } else { "disconnected" });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(ago(None), "never");
+        assert_eq!(ago(Some(5)), "5s ago");
+        assert_eq!(ago(Some(600)), "10m ago");
+        let s = StatusReply {
+            peers: vec![PeerInfo {
+                name: "beta".into(),
+                enabled: true,
+                cipher: Some("aes-256-gcm".into()),
+                session_age_secs: Some(7),
+                last_handshake_secs: Some(7),
+                allowed_ips: vec!["100.64.0.2/32".into()],
+                rx_bytes: 2048,
+                ..PeerInfo::default()
+            }],
+            ..StatusReply::default()
+        };
+        let t = render_status(&s);
+        assert!(
+            t.contains("beta") && t.contains("aes-256-gcm 7s") && t.contains("2.0 KiB"),
+            "{t}"
+        );
+        assert!(t.contains("NOT connected"));
+        let p = render_peers(&s.peers);
+        assert!(
+            p.contains("allowed ips: 100.64.0.2/32") && p.contains("7s ago"),
+            "{p}"
+        );
+    }
+}
