@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use shadowmesh_dataplane::crypto::{self, nonce_for, Cipher, DataKey};
 use shadowmesh_dataplane::replay::ReplayWindow;
 use shadowmesh_dataplane::routing::RoutingTable;
+use shadowmesh_dataplane::session::{Limits, Session, SessionKeys};
 use shadowmesh_dataplane::wire::{DataHeader, HEADER_LEN, TAG_LEN};
 
 const SIZES: [usize; 4] = [64, 512, 1420, 65536];
@@ -96,6 +97,39 @@ fn aead_benches(c: &mut Criterion) {
             });
             g.finish();
         }
+    }
+}
+
+/// The whole per-packet session path: reserve a counter, seal, open on the peer's session
+/// (expiry check, tag, replay window under its mutex). Compare with seal + open above.
+fn session_benches(c: &mut Criterion) {
+    let now = std::time::Duration::from_secs(5);
+    for (cipher, _) in CIPHERS {
+        let ka = SessionKeys {
+            cipher,
+            send: [1; 32],
+            recv: [2; 32],
+        };
+        let kb = SessionKeys {
+            cipher,
+            send: [2; 32],
+            recv: [1; 32],
+        };
+        let a = Session::new(1, 2, 9, &ka, now, Limits::DEFAULT).expect("session");
+        let b = Session::new(2, 1, 8, &kb, now, Limits::DEFAULT).expect("session");
+        let mut g = c.benchmark_group(format!("session_seal_open/{cipher}"));
+        for size in [64usize, 1420] {
+            g.throughput(Throughput::Bytes(size as u64));
+            let mut frame = vec![0x5au8; HEADER_LEN + size + TAG_LEN];
+            g.bench_function(format!("{size}"), |bch| {
+                bch.iter(|| {
+                    let r = a.reserve(1, now).expect("reserve");
+                    let n = a.seal(r.first, &mut frame, size).expect("seal");
+                    black_box(b.open(&mut frame[..n], now).expect("open"))
+                })
+            });
+        }
+        g.finish();
     }
 }
 
@@ -222,5 +256,11 @@ fn route_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, aead_benches, replay_benches, route_benches);
+criterion_group!(
+    benches,
+    aead_benches,
+    session_benches,
+    replay_benches,
+    route_benches
+);
 criterion_main!(benches);
