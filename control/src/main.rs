@@ -61,6 +61,10 @@ fn real_main() -> anyhow::Result<()> {
         println!("configuration, key and certificates OK");
         return Ok(());
     }
+    // Before any thread starts: every thread inherits the mask, and the daemon's signal
+    // thread takes the signals with sigwait.
+    shadowmesh_platform::signal::block_termination_signals()
+        .context("blocking termination signals")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -209,7 +208,28 @@ fn snapshot(
     }
 }
 
-/// Runs the control plane until SIGTERM/SIGINT. `clock` returns the time since the Unix
+/// Waits for SIGTERM/SIGINT/SIGHUP, which the binary blocked before starting any thread (so
+/// they stay pending for this thread whether or not a supervisor already blocked them; tokio's
+/// handlers would never run under a mask inherited from `shadowmesh up`).
+fn wait_signals(tx: &mpsc::Sender<i32>) {
+    loop {
+        match shadowmesh_platform::signal::wait_termination(Duration::from_millis(200)) {
+            Ok(Some(sig)) => {
+                let _ = tx.blocking_send(sig);
+                return;
+            }
+            Ok(None) if tx.is_closed() => return,
+            Ok(None) => {}
+            Err(e) => {
+                warn!("waiting for signals: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Runs the control plane until SIGTERM/SIGINT. The caller must have blocked the termination
+/// signals (`shadowmesh_platform::signal::block_termination_signals`) before starting threads. `clock` returns the time since the Unix
 /// epoch (the binary's one clock).
 ///
 /// # Errors
@@ -252,8 +272,11 @@ pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonEr
     info!(admin = %config.control.admin_socket.display(), "admin API listening");
     let (call_tx, mut call_rx) = mpsc::channel(64);
     let api_task = tokio::spawn(api::serve(listener, call_tx, bridge.clone()));
-    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+    let (sig_tx, mut sig_rx) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || wait_signals(&sig_tx))
+        .map_err(io("starting the signal thread"))?;
 
     let socket_name = config.dataplane.socket.display().to_string();
     let mut connected = false;
@@ -304,8 +327,10 @@ pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonEr
                     send_all(&bridge, driver.handle_timeout(clock()));
                 }
             }
-            _ = term.recv() => { info!("SIGTERM: stopping (the dataplane keeps its sessions)"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping (the dataplane keeps its sessions)"); break; }
+            sig = sig_rx.recv() => {
+                info!(signal = sig.unwrap_or(0), "stopping (the dataplane keeps its sessions)");
+                break;
+            }
         }
     }
     api_task.abort();
