@@ -526,7 +526,9 @@ async fn dispatch(
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot reach the control plane at {path}: {source} (is `shadowmesh up` running? try --admin PATH)")]
+    #[error(
+        "cannot reach the control plane at {path} (is `shadowmesh up` running? try --admin PATH)"
+    )]
     Connect {
         /// Socket path.
         path: String,

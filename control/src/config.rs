@@ -55,7 +55,7 @@ pub const MAX_PEERS: usize = 4096;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read the configuration: {source}")]
+    #[error("{file}: cannot read the configuration")]
     Io {
         /// The configuration file.
         file: PathBuf,

@@ -5,13 +5,13 @@
 //! The wire formats and the key schedule are specified in `docs/protocol.md`.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod armor;
 pub mod cert;
+pub mod config;
 pub mod cookie;
+pub mod daemon;
 pub mod handshake;
 pub mod identity;
 pub mod kdf;
 pub mod transport;
-pub mod api;
-pub mod config;
-pub mod daemon;

@@ -30,7 +30,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Our secret key file (`node.key` in the config).
-    #[error("node.key {path}: {source}")]
+    #[error("node.key {path}")]
     Key {
         /// The file.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum DaemonError {
         source: IdentityError,
     },
     /// A certificate or CA file could not be loaded.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     CertFile {
         /// Which key of the config named it.
         what: String,
@@ -57,7 +57,7 @@ pub enum DaemonError {
     #[error("crypto failure: {0}")]
     Crypto(&'static str),
     /// Socket or thread setup.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being set up.
         what: String,
