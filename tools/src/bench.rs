@@ -41,6 +41,10 @@ pub enum BenchCmd {
         /// Keep retrying the connection this many seconds (the server may start late).
         #[arg(long, default_value_t = 10)]
         connect_timeout: u64,
+        /// Pace the stream to this many Mbit/s (0 = as fast as possible), e.g. to make a
+        /// transfer span several rekeys.
+        #[arg(long, default_value_t = 0)]
+        rate_mbit: u64,
     },
     /// Echoes UDP datagrams back to their sender until the deadline.
     EchoServer {
@@ -130,7 +134,8 @@ pub fn run(cmd: BenchCmd, clock: fn() -> Duration) -> anyhow::Result<()> {
             bytes,
             seed,
             connect_timeout,
-        } => bulk_client(connect, bytes, seed, connect_timeout, clock),
+            rate_mbit,
+        } => bulk_client(connect, bytes, seed, connect_timeout, rate_mbit, clock),
         BenchCmd::EchoServer { listen, duration } => echo_server(listen, duration, clock),
         BenchCmd::EchoClient {
             connect,
@@ -174,6 +179,7 @@ fn bulk_client(
     bytes: u64,
     seed: u64,
     connect_timeout: u64,
+    rate_mbit: u64,
     clock: fn() -> Duration,
 ) -> anyhow::Result<()> {
     let deadline = clock() + Duration::from_secs(connect_timeout);
@@ -200,6 +206,15 @@ fn bulk_client(
         s.write_all(&buf[..n])
             .with_context(|| format!("sending to {connect} with {left} bytes left"))?;
         left -= n as u64;
+        if rate_mbit > 0 {
+            // Sleep until the bytes sent so far fit the rate.
+            let sent_bits = (bytes - left) as f64 * 8.0;
+            let due = Duration::from_secs_f64(sent_bits / (rate_mbit as f64 * 1e6));
+            let elapsed = clock().saturating_sub(start);
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
     }
     s.shutdown(std::net::Shutdown::Write)?;
     // Wait for the server to close: the bytes are then all delivered.

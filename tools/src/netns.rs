@@ -136,6 +136,22 @@ impl Topology {
         Ok(self.children.len() - 1)
     }
 
+    /// Starts a long-running command inside node i with its output going to `log` (a pipe
+    /// nobody reads would stall a chatty process); it is killed on drop.
+    pub fn spawn_logged(&mut self, i: usize, args: &[&str], log: &Path) -> anyhow::Result<usize> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.node(i)])
+            .args(args)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {args:?} in node {i}"))?;
+        self.children.push(Some(child));
+        Ok(self.children.len() - 1)
+    }
+
     /// Waits for a spawned command at most `timeout` (then kills it) and returns its output.
     pub fn wait(&mut self, handle: usize, timeout: Duration) -> anyhow::Result<Output> {
         let mut child = self
@@ -287,4 +303,181 @@ pub fn stats(socket: &Path) -> anyhow::Result<Stats> {
 pub fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
     out.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// How to set up a mesh of nodes run by `shadowmesh up`.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Dataplane workers per node.
+    pub workers: usize,
+    /// Dataplane backend.
+    pub backend: String,
+    /// Rekey interval of the control plane.
+    pub rekey_after_secs: u32,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            backend: "uring".into(),
+            rekey_after_secs: 120,
+        }
+    }
+}
+
+/// Files of one node started with `shadowmesh up`.
+#[derive(Clone, Debug)]
+pub struct MeshNode {
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its admin API socket.
+    pub admin: PathBuf,
+    /// Handle of its `shadowmesh up` process.
+    pub up: usize,
+}
+
+impl Topology {
+    /// Creates a network CA named `ca_name` (files `<dir>/<ca_name>.key/.pub`) unless it exists.
+    pub fn ensure_ca(&self, ca_name: &str) -> anyhow::Result<PathBuf> {
+        let prefix = self.dir.join(ca_name);
+        let key = prefix.with_extension("key");
+        if !key.exists() {
+            let out = self.dir.join(ca_name);
+            run(&[
+                &self.bin("shadowmesh"),
+                "ca",
+                "init",
+                "--name",
+                ca_name,
+                "--out",
+                out.to_str().context("non-UTF-8 path")?,
+            ])?;
+        }
+        Ok(prefix)
+    }
+
+    /// Gives node i an identity and a certificate from CA `ca_name` (name `n<i>`, overlay
+    /// 100.64.0.(i+1)/24 and fd00::(i+1)/64).
+    pub fn certify(&self, i: usize, ca_name: &str) -> anyhow::Result<()> {
+        let ca = self.ensure_ca(ca_name)?;
+        let node = self.dir.join(format!("n{i}"));
+        let node_s = node.to_str().context("non-UTF-8 path")?;
+        run(&[
+            &self.bin("shadowmesh"),
+            "keygen",
+            "--out",
+            node_s,
+            "--force",
+        ])?;
+        run(&[
+            &self.bin("shadowmesh"),
+            "ca",
+            "sign",
+            "--ca",
+            &format!("{}.key", ca.display()),
+            "--node",
+            &format!("{node_s}.pub"),
+            "--name",
+            &format!("n{i}"),
+            "--addr",
+            &format!("100.64.0.{}/24", i + 1),
+            "--addr",
+            &format!("fd00::{}/64", i + 1),
+            "--out",
+            &format!("{node_s}.cert"),
+            "--force",
+        ])?;
+        Ok(())
+    }
+
+    /// Writes node i's configuration (CA `ca_name`, static peers `peers`) and starts
+    /// `shadowmesh up` in its namespace. Call [`Topology::certify`] for i and every peer first.
+    pub fn start_node(
+        &mut self,
+        i: usize,
+        ca_name: &str,
+        peers: &[usize],
+        opts: &MeshOptions,
+    ) -> anyhow::Result<MeshNode> {
+        let d = self.dir.clone();
+        let admin = d.join(format!("admin{i}.sock"));
+        let mut cfg = format!(
+            "[node]\nname = \"n{i}\"\nkey = \"n{i}.key\"\ncert = \"n{i}.cert\"\nca = \"{ca_name}.pub\"\n\n\
+             [dataplane]\nsocket = \"{}\"\ntun = \"sm0\"\nlisten_port = 51820\nworkers = {}\nbackend = \"{}\"\n\n\
+             [control]\nadmin_socket = \"{}\"\nrekey_after_secs = {}\n",
+            d.join(format!("dp{i}.sock")).display(),
+            opts.workers,
+            opts.backend,
+            admin.display(),
+            opts.rekey_after_secs,
+        );
+        for &p in peers.iter().filter(|&&p| p != i) {
+            cfg.push_str(&format!(
+                "\n[[peer]]\ncert = \"n{p}.cert\"\nendpoint = \"198.51.100.{}:51820\"\n",
+                p + 1
+            ));
+        }
+        let config = d.join(format!("n{i}.toml"));
+        std::fs::write(&config, cfg)?;
+        let cli = self.bin("shadowmesh");
+        let config_s = config.to_str().context("non-UTF-8 path")?.to_string();
+        let log = d.join(format!("up{i}.log"));
+        let up = self.spawn_logged(i, &[&cli, "up", "--config", &config_s], &log)?;
+        for _ in 0..600 {
+            if admin.exists() {
+                return Ok(MeshNode { config, admin, up });
+            }
+            std::thread::sleep(STEP);
+        }
+        bail!(
+            "node {i}: `shadowmesh up` did not open its admin socket within 15 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    }
+
+    /// Node i's `shadowmesh status --json`, parsed.
+    pub fn status_json(&self, i: usize, node: &MeshNode) -> anyhow::Result<serde_json::Value> {
+        let admin = node.admin.to_str().context("non-UTF-8 path")?;
+        let out = self.exec(
+            i,
+            &[
+                &self.bin("shadowmesh"),
+                "status",
+                "--admin",
+                admin,
+                "--json",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Pids of processes in node i whose command name starts with `comm`.
+    pub fn pids_named(&self, i: usize, comm: &str) -> Vec<String> {
+        let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", self.node(i)])
+            .output()
+        else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim().starts_with(comm))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Pings `dst` from node i up to `tries` times (one probe each); true on the first reply.
+    pub fn ping_until(&self, i: usize, dst: &str, tries: usize) -> bool {
+        (0..tries).any(|_| {
+            self.exec(i, &["ping", "-c", "1", "-W", "1", dst])
+                .is_ok_and(|o| o.status.success())
+        })
+    }
 }
