@@ -287,7 +287,13 @@ pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonEr
     };
     loop {
         let now = clock();
-        let wait = driver.poll_timeout(now).saturating_sub(now);
+        // Timers run only while the dataplane is there (below); without it, past deadlines
+        // would otherwise spin this loop.
+        let wait = if connected {
+            driver.poll_timeout(now).saturating_sub(now)
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             ev = ev_rx.recv() => match ev {
                 Some(BridgeEvent::Connected) => {

@@ -37,6 +37,10 @@ use crate::transport::{
     KIND_HANDSHAKE,
 };
 
+/// How long past the rekey time the responder of a session waits for its initiator to renew
+/// it before initiating itself.
+pub const RESPONDER_GRACE: Duration = Duration::from_secs(15);
+
 /// Tunables of the driver.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -269,12 +273,17 @@ impl<'a> Driver<'a> {
                 debug!(%dst, "no peer routes this destination");
             }
             UpMsg::RekeyNeeded { peer, local_index } => {
+                // Both dataplanes ask at the same age; as in WireGuard only the initiator of
+                // the session renews it, so the two sides do not cross initiations at every
+                // rekey. The responder's timer steps in later if the initiator does not.
                 let due = self.peers.get(peer).is_some_and(|p| {
                     p.enabled
                         && p.in_flight.is_none()
-                        && p.session
-                            .as_ref()
-                            .is_some_and(|s| s.install.local_index == local_index)
+                        && p.session.as_ref().is_some_and(|s| {
+                            s.install.local_index == local_index
+                                && (s.initiator
+                                    || s.age(now) >= self.settings.rekey_after + RESPONDER_GRACE)
+                        })
                 });
                 if due {
                     self.initiate(peer, now, false, &mut out);
@@ -355,7 +364,7 @@ impl<'a> Driver<'a> {
                 // The initiator of a session renews it; the responder steps in only if the
                 // initiator has not (it may be down), so both rarely initiate at once.
                 Some(s) if s.initiator => s.age(now) >= rekey,
-                Some(s) => s.age(now) >= rekey + Duration::from_secs(15),
+                Some(s) => s.age(now) >= rekey + RESPONDER_GRACE,
             };
             if needs {
                 due.push(p.id);

@@ -363,6 +363,19 @@ fn rekey_on_time_and_on_request_and_refill_after_restart() {
         first.local_index
     );
 
+    // The responder's dataplane asks too, at the same age: it leaves the renewal to the
+    // initiator unless the initiator is late by the grace period.
+    let rb = b.peers().get(1).unwrap().session.clone().unwrap();
+    assert!(!rb.initiator);
+    let ask = UpMsg::RekeyNeeded {
+        peer: 1,
+        local_index: rb.install.local_index,
+    };
+    assert!(b
+        .handle_event(ask.clone(), t + Duration::from_secs(120))
+        .is_empty());
+    assert!(!b.handle_event(ask, t + Duration::from_secs(135)).is_empty());
+
     // Time-based: 120 s after the latest handshake the initiator renews it.
     assert!(a.handle_timeout(t + Duration::from_secs(119)).is_empty());
     assert!(!a.handle_timeout(t + Duration::from_secs(120)).is_empty());
