@@ -12,10 +12,15 @@ fn demo_runs_and_cleans_up() {
         return;
     }
     let _ = common::bin_dir();
-    let out = Command::new(env!("CARGO_BIN_EXE_shadowmesh"))
+    let child = Command::new(env!("CARGO_BIN_EXE_shadowmesh"))
         .args(["demo", "--bytes", "32M", "--workers", "1"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // The demo names its namespaces `smdemo<pid mod 100000>…`.
+    let marker = format!("smdemo{}", child.id() % 100_000);
+    let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -28,9 +33,8 @@ fn demo_runs_and_cleans_up() {
         "the transfer was not verified: {text}"
     );
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    // A demo run's namespaces are named `smdemo<pid>…`.
     assert!(
-        !String::from_utf8_lossy(&ns.stdout).contains("smdemo"),
+        !String::from_utf8_lossy(&ns.stdout).contains(&marker),
         "the demo left namespaces behind"
     );
 }
