@@ -646,11 +646,17 @@ impl<'a> Driver<'a> {
             debug!(%src, "initiation from a disconnected peer ignored");
             return false;
         }
-        // Simultaneous initiations: the larger node id yields its own, so each side ends with
-        // the other's session only and no duplicate pair of sessions.
-        if p.in_flight.is_some() && self.my_node_id > p.node_id {
-            self.retransmit.cancel(id);
-            self.drop_pending(id);
+        // Simultaneous initiations: the larger node id yields (drops its own initiation and
+        // answers), the smaller keeps its own and does not answer, so both end with the same
+        // single session. If the kept initiation was lost, its retransmission settles it.
+        if p.in_flight.is_some() {
+            if self.my_node_id > p.node_id {
+                self.retransmit.cancel(id);
+                self.drop_pending(id);
+            } else {
+                debug!(%src, "crossing initiation: ours wins, theirs is not answered");
+                return false;
+            }
         }
         let _ = now;
         true

@@ -201,7 +201,9 @@ fn simultaneous_initiations_settle_on_one_shared_session() {
     let mut b = driver(&n.b, &n.b_cert, &n, vec![(n.a_cert.clone(), 1)]);
     let sa = a.handle_timeout(T0);
     let sb = b.handle_timeout(T0);
-    let _ = pump(&mut a, &mut b, sa, sb, T0, &mut no_drop());
+    let (la, lb) = pump(&mut a, &mut b, sa, sb, T0, &mut no_drop());
+    // Exactly one session each: no orphan `Next` session from the losing initiation.
+    assert_eq!((la.installs.len(), lb.installs.len()), (1, 1));
     let ra = a.peers().get(1).unwrap().session.clone().unwrap();
     let rb = b.peers().get(1).unwrap().session.clone().unwrap();
     // The latest session on both sides is the same one, one side as initiator.
@@ -428,4 +430,30 @@ fn junk_datagrams_are_counted_drops() {
     }
     let s = a.stats();
     assert!(s.dropped_datagrams >= 2 && s.refused >= 4, "{s:?}");
+}
+
+#[test]
+fn crossing_initiations_with_the_winner_lost_settle_on_retry() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let mut b = driver(&n.b, &n.b_cert, &n, vec![(n.a_cert.clone(), 1)]);
+    // The side with the smaller node id keeps its initiation; lose all of it.
+    let winner = usize::from(a.my_cert().node_id() > b.my_cert().node_id());
+    let sa = a.handle_timeout(T0);
+    let sb = b.handle_timeout(T0);
+    let (la, lb) = pump(&mut a, &mut b, sa, sb, T0, &mut |s, _| s == winner);
+    assert!(la.installs.is_empty() && lb.installs.is_empty());
+    // Both retry after 1 s (the loser's initiation was never answered either).
+    let t1 = T0 + Duration::from_secs(1);
+    let ra = a.handle_timeout(t1);
+    let rb = b.handle_timeout(t1);
+    assert!(!ra.is_empty() || !rb.is_empty());
+    let (la, lb) = pump(&mut a, &mut b, ra, rb, t1, &mut no_drop());
+    assert_eq!((la.installs.len(), lb.installs.len()), (1, 1));
+    let (i, r) = if la.installs[0].slot == Slot::Current {
+        (&la.installs[0], &lb.installs[0])
+    } else {
+        (&lb.installs[0], &la.installs[0])
+    };
+    assert_pair(i, r);
 }
