@@ -110,3 +110,60 @@ fn start_errors_name_the_cause_and_sigterm_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn without_io_uring_the_dataplane_falls_back_to_poll_with_one_warning() {
+    if !root_or_skip("without_io_uring_the_dataplane_falls_back_to_poll_with_one_warning") {
+        return;
+    }
+    let topo = star("f", 2);
+    let mut children = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..2 {
+        let sock = topo.dir.join(format!("fb{i}.sock"));
+        let log = topo.dir.join(format!("fb{i}.log"));
+        let v4 = format!("100.64.0.{}/24", i + 1);
+        let child = Command::new("ip")
+            .args(["netns", "exec", topo.node(i)])
+            .arg("env")
+            .arg("SHADOWMESH_NO_URING=1")
+            .arg(topo.bin("shadowmesh-dataplane"))
+            .args(["--tun", "sm0", "--addr", &v4, "--bind", "0.0.0.0:51820"])
+            .args(["--workers", "1", "--backend", "uring", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        children.push(child);
+        logs.push((sock, log));
+    }
+    for (sock, _) in &logs {
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let sockets: Vec<_> = logs.iter().map(|(s, _)| s.clone()).collect();
+    install_mesh(&sockets, &[0, 1]);
+    let reached = ping(&topo, 0, "100.64.0.2", 3);
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(reached, "no traffic over the poll fallback");
+    for (_, log) in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        let warnings = text
+            .lines()
+            .filter(|l| l.contains("using the poll backend"))
+            .count();
+        assert_eq!(warnings, 1, "expected exactly one fallback warning: {text}");
+        assert!(
+            text.contains("backend=Poll"),
+            "did not run the poll backend: {text}"
+        );
+    }
+}

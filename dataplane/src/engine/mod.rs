@@ -289,10 +289,17 @@ impl Engine {
 }
 
 /// The backend to use: `wanted`, or poll (with the reason) when io_uring cannot be set up here
-/// (old kernel, `kernel.io_uring_disabled`, seccomp, another OS).
+/// (old kernel, `kernel.io_uring_disabled`, seccomp, another OS, or `SHADOWMESH_NO_URING=1`).
 pub fn choose_backend(wanted: BackendKind) -> (BackendKind, Option<String>) {
     if wanted == BackendKind::Poll {
         return (BackendKind::Poll, None);
+    }
+    // An override to exercise the fallback where io_uring works (tests, bug hunts).
+    if std::env::var_os("SHADOWMESH_NO_URING").is_some_and(|v| v != "0") {
+        return (
+            BackendKind::Poll,
+            Some("io_uring disabled by SHADOWMESH_NO_URING".to_string()),
+        );
     }
     #[cfg(target_os = "linux")]
     match shadowmesh_platform::io::uring::probe() {
