@@ -5,20 +5,24 @@
 //! Owns the IPC connection's life only. It never interprets events (the driver does) and never
 //! asks the dataplane to shut down: sessions must outlive the control plane.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use shadowmesh_dataplane::ipc::{DownMsg, IpcClient, IpcError, UpMsg};
+use shadowmesh_platform::seqpacket::{poll_readable, Wakeup};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Commands queued to the bridge thread before it refuses more (the driver re-sends state on
 /// reconnect, so a full queue loses nothing that matters for long).
 pub const COMMAND_QUEUE: usize = 4096;
-/// Wait for an event before looking at the command queue again.
-pub const EVENT_POLL: Duration = Duration::from_millis(5);
+/// Longest sleep of the bridge thread when neither an event nor a command arrives (it wakes
+/// at once for either).
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 /// First reconnection delay; doubled up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.
@@ -47,6 +51,8 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Bridge {
     tx: Sender<Command>,
+    // Wakes the thread from its poll on the IPC socket when a command is queued.
+    wake: Arc<Wakeup>,
 }
 
 impl Bridge {
@@ -59,17 +65,22 @@ impl Bridge {
         events: mpsc::Sender<BridgeEvent>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let wake = Arc::new(Wakeup::new().map_err(std::io::Error::other)?);
+        let w = Arc::clone(&wake);
         let handle = std::thread::Builder::new()
             .name("dataplane-ipc".into())
-            .spawn(move || run(&socket, &rx, &events))?;
-        Ok((Self { tx }, handle))
+            .spawn(move || run(&socket, &rx, &events, &w))?;
+        Ok((Self { tx, wake }, handle))
     }
 
     /// Queues a request whose reply only matters if it fails (logged by the thread).
     /// False if the queue is full or the thread is gone.
     pub fn send(&self, msg: DownMsg) -> bool {
         match self.tx.try_send(Command::Send(msg)) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.wake.wake();
+                true
+            }
             Err(TrySendError::Full(_)) => {
                 warn!("dataplane command queue full; request dropped");
                 false
@@ -84,12 +95,18 @@ impl Bridge {
         self.tx
             .try_send(Command::Request(msg, tx))
             .map_err(|_| "the dataplane command queue is full or closed".to_string())?;
+        self.wake.wake();
         rx.await
             .map_err(|_| "the dataplane bridge stopped".to_string())?
     }
 }
 
-fn run(socket: &std::path::Path, rx: &Receiver<Command>, events: &mpsc::Sender<BridgeEvent>) {
+fn run(
+    socket: &std::path::Path,
+    rx: &Receiver<Command>,
+    events: &mpsc::Sender<BridgeEvent>,
+    wake: &Wakeup,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut logged_down = false;
     loop {
@@ -101,7 +118,7 @@ fn run(socket: &std::path::Path, rx: &Receiver<Command>, events: &mpsc::Sender<B
                 if events.blocking_send(BridgeEvent::Connected).is_err() {
                     return;
                 }
-                match serve(client, rx, events) {
+                match serve(client, rx, events, wake) {
                     Ok(()) => return,
                     Err(e) => {
                         warn!("dataplane connection lost: {e}; reconnecting");
@@ -155,8 +172,14 @@ fn serve(
     mut client: IpcClient,
     rx: &Receiver<Command>,
     events: &mpsc::Sender<BridgeEvent>,
+    wake: &Wakeup,
 ) -> Result<(), IpcError> {
+    let mut ready = [false; 2];
+    let mut reported_drops = 0;
     loop {
+        // Drain the wake pipe before the queue: a command queued after the queue looks empty
+        // leaves the pipe readable, so the poll below returns at once for it.
+        wake.drain();
         loop {
             match rx.try_recv() {
                 Ok(Command::Send(msg)) => {
@@ -183,19 +206,25 @@ fn serve(
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }
         }
-        match client.recv_event(EVENT_POLL)? {
-            Some(ev) => {
-                if events.blocking_send(BridgeEvent::Event(ev)).is_err() {
-                    return Ok(());
-                }
-            }
-            None => {
-                let dropped = client.events_dropped();
-                if dropped > 0 {
-                    debug!(dropped, "IPC events dropped by the client queue");
-                }
+        // Everything already received (including events queued while waiting for replies),
+        // without waiting: a zero timeout only reads what is there.
+        while let Some(ev) = client.recv_event(Duration::ZERO)? {
+            if events.blocking_send(BridgeEvent::Event(ev)).is_err() {
+                return Ok(());
             }
         }
+        let dropped = client.events_dropped();
+        if dropped > reported_drops {
+            warn!(dropped, "IPC events dropped by the client queue");
+            reported_drops = dropped;
+        }
+        // Sleeps until the dataplane sends something (or hangs up) or a command is queued.
+        poll_readable(
+            &[client.raw_conn().as_fd(), wake.as_fd()],
+            IDLE_POLL,
+            &mut ready,
+        )
+        .map_err(IpcError::from)?;
     }
 }
 
