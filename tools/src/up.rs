@@ -352,3 +352,44 @@ pub fn down(config_path: &Path) -> anyhow::Result<()> {
     }
     bail!("pid {pid} still running after 15 s")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_refuses_a_live_owner_and_replaces_a_dead_one() {
+        let dir = std::env::temp_dir().join(format!("sm-up-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pf = dir.join("up.pid");
+        // Our parent is alive: a second `up` must refuse.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&pf, format!("{}\n", std::os::unix::process::parent_id())).unwrap();
+        let e = write_pid_file(&pf).err().unwrap().to_string();
+        assert!(e.contains("already running"), "{e}");
+        // A pid that cannot exist (above pid_max) is stale: replaced, and removed on drop.
+        std::fs::write(&pf, "999999999\n").unwrap();
+        {
+            let _g = write_pid_file(&pf).unwrap();
+            let own: u32 = std::fs::read_to_string(&pf)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(own, std::process::id());
+        }
+        assert!(!pf.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn liveness_and_binaries() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(999_999_999));
+        let e = find_binary("x", Some(Path::new("/nonexistent/shadowmesh-x")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/shadowmesh-x not found"), "{e}");
+        assert_eq!(ticks(Duration::from_secs(1)), 5);
+    }
+}

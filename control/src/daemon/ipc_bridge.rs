@@ -240,3 +240,94 @@ fn kind(m: &DownMsg) -> &'static str {
         DownMsg::Shutdown => "Shutdown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shadowmesh_dataplane::ipc::{IpcServer, MemoryHandler};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Server {
+        stop: Arc<AtomicBool>,
+        up: crossbeam_channel::Sender<UpMsg>,
+        thread: JoinHandle<MemoryHandler>,
+    }
+
+    fn serve(path: &std::path::Path) -> Server {
+        let server = IpcServer::bind(path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (up, up_rx) = crossbeam_channel::bounded(16);
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut h = MemoryHandler::default();
+            server.run(&mut h, up_rx, &s).unwrap();
+            h
+        });
+        Server { stop, up, thread }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<BridgeEvent>) -> BridgeEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no bridge event within 10 s")
+            .expect("bridge gone")
+    }
+
+    #[test]
+    fn forwards_both_ways_and_reconnects_after_a_dataplane_restart() {
+        let dir = std::env::temp_dir().join(format!("sm-bridge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let (bridge, _thread) = Bridge::spawn(path.clone(), ev_tx).unwrap();
+        // No dataplane yet: a request is refused, not stuck.
+        let r = rt.block_on(bridge.request(DownMsg::GetStats { first_peer: 0 }));
+        assert!(r.is_err());
+
+        let server = serve(&path);
+        assert!(matches!(
+            rt.block_on(next(&mut ev_rx)),
+            BridgeEvent::Connected
+        ));
+        let routes = vec![("100.64.0.2".parse().unwrap(), 32)];
+        assert!(bridge.send(DownMsg::SetRoutes {
+            peer: 1,
+            prefixes: routes.clone(),
+        }));
+        let r = rt.block_on(bridge.request(DownMsg::GetStats { first_peer: 0 }));
+        assert!(matches!(r, Ok(UpMsg::Stats(_))), "{r:?}");
+        let ev = UpMsg::NoSession {
+            peer: Some(1),
+            dst: "100.64.0.2".parse().unwrap(),
+        };
+        server.up.send(ev.clone()).unwrap();
+        match rt.block_on(next(&mut ev_rx)) {
+            BridgeEvent::Event(e) => assert_eq!(e, ev),
+            other => panic!("expected the event, got {other:?}"),
+        }
+        server.stop.store(true, Ordering::Release);
+        let handler = server.thread.join().unwrap();
+        // The fire-and-forget request was executed before the stats request's reply.
+        assert_eq!(handler.routes.get(&1), Some(&routes));
+        assert!(matches!(
+            rt.block_on(next(&mut ev_rx)),
+            BridgeEvent::Disconnected(_)
+        ));
+
+        // The dataplane comes back: the bridge reconnects by itself.
+        let server = serve(&path);
+        assert!(matches!(
+            rt.block_on(next(&mut ev_rx)),
+            BridgeEvent::Connected
+        ));
+        server.stop.store(true, Ordering::Release);
+        let _ = server.thread.join();
+        drop(bridge);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
