@@ -496,11 +496,11 @@ impl Config {
             }
             None => rekey_after_secs.saturating_add(60).max(180),
         };
+        let admin_socket = match c.admin_socket.as_ref() {
+            Some(s) => cx.path(s, "control.admin_socket")?,
+            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        };
         let control = ControlSection {
-            admin_socket: match c.admin_socket.as_ref() {
-                Some(s) => cx.path(s, "control.admin_socket")?,
-                None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
-            },
             log_level,
             rekey_after_secs,
             reject_after_secs,
@@ -509,10 +509,14 @@ impl Config {
                 .as_ref()
                 .map(|b| cx.path(b, "control.binary"))
                 .transpose()?,
+            // Beside the admin socket by default: that path is unique per running node
+            // already (the API refuses to take over a live socket) and its directory is one
+            // the node may write.
             pid_file: match c.pid_file.as_ref() {
                 Some(s) => cx.path(s, "control.pid_file")?,
-                None => PathBuf::from(format!("/run/shadowmesh/up-{name}.pid")),
+                None => admin_socket.with_extension("pid"),
             },
+            admin_socket,
         };
 
         if raw.peer.len() > MAX_PEERS {
@@ -631,6 +635,7 @@ endpoint = "[fd00::3]:51820"
         assert_eq!(c.dataplane.workers, 2);
         assert_eq!(c.dataplane.mtu, 1420);
         assert_eq!(c.control.rekey_after_secs, 60);
+        assert_eq!(c.control.pid_file, PathBuf::from("/tmp/admin.pid"));
         // Default reject time stays above the rekey time.
         assert_eq!(c.control.reject_after_secs, 180);
         assert_eq!(c.peers.len(), 2);
@@ -653,7 +658,7 @@ endpoint = "[fd00::3]:51820"
         assert_eq!(c.control.reject_after_secs, 180);
         assert_eq!(
             c.control.pid_file,
-            PathBuf::from("/run/shadowmesh/up-a.pid")
+            PathBuf::from("/run/shadowmesh/admin.pid")
         );
         assert!(c.peers.is_empty());
     }
