@@ -351,7 +351,12 @@ pub enum ApiCall {
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // A directory we create is ours alone: the socket's mode is set after bind, and
+            // the directory closes that window.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -373,11 +378,25 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Accepts admin connections until the listener fails; each connection gets its own task.
+/// Most admin connections served at once; more are answered 503 at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Accepts admin connections forever; each connection gets its own task (at most
+/// [`MAX_CONNECTIONS`] at once).
 pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>, bridge: Bridge) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let body = error_body("too many admin connections");
+                let _ =
+                    tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&render(503, &body)))
+                        .await;
+            });
             continue;
         };
         let calls = calls.clone();
@@ -386,6 +405,7 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>, bridge:
             if let Err(e) = handle_conn(stream, &calls, &bridge).await {
                 debug!("admin connection: {e}");
             }
+            drop(permit);
         });
     }
 }
