@@ -457,3 +457,31 @@ fn crossing_initiations_with_the_winner_lost_settle_on_retry() {
     };
     assert_pair(i, r);
 }
+
+#[test]
+fn under_load_the_responder_asks_for_a_cookie_first() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let settings = Settings {
+        load_threshold: 0,
+        ..Settings::default()
+    };
+    let mut b = Driver::new(
+        &n.b,
+        n.b_cert.clone(),
+        n.ca.public().clone(),
+        vec![],
+        settings,
+        T0,
+    )
+    .unwrap();
+    let start = a.handle_timeout(T0);
+    let mut seen = Vec::new();
+    let (la, lb) = pump(&mut a, &mut b, start, vec![], T0, &mut |s, q| {
+        seen.push((s, q));
+        false
+    });
+    // M1 (11) → cookie reply (1) → M1 with mac2 (11) → M2 (3).
+    assert_eq!(seen.len(), 26, "{seen:?}");
+    assert_pair(&la.installs[0], &lb.installs[0]);
+}
