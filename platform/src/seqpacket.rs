@@ -969,7 +969,8 @@ pub fn poll(fds: &[PollFd<'_>], timeout: Duration, ready: &mut [Ready]) -> Resul
         p.fd = f.fd.map_or(-1, |fd| fd.as_raw_fd());
         p.events = libc::POLLIN | if f.write { libc::POLLOUT } else { 0 };
     }
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // Rounded up: a sub-millisecond wait must not become poll(0) and spin.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: pfds is a live array of at least `count` pollfd entries.
     let n = unsafe { libc::poll(pfds.as_mut_ptr(), count as libc::nfds_t, ms) };
     if n < 0 {

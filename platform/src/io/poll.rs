@@ -318,7 +318,8 @@ impl PacketIo for PollIo {
     fn submit_and_wait(&mut self, timeout: Duration, rx: &mut Vec<Received>) -> io::Result<()> {
         self.flush();
         self.stats.enters += 1;
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // Rounded up: a sub-millisecond wait must not become poll(0) and spin.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         let [tun_ev, udp_ev] = poll_fds(
             &[
                 (self.tun.as_raw_fd(), libc::POLLIN),
