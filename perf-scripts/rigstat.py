@@ -2,8 +2,14 @@
 """Helper of perf-scripts/rig.sh (stdlib only): parses tool output and builds the table.
 
 Subcommands (all print `metric value` lines, one per line, unless noted):
-  iperf tcp|udp FILE        iperf3 -J client output -> gbps/retr or rx_gbps/loss_pct
-  echo FILE                 `shadowmesh bench echo-client` output -> p50_us/p99_us/lost
+  iperf tcp|udp FILE        iperf3 -J client output -> gbps/retr/gb or rx_gbps/loss_pct/gb
+                            (gb: gigabytes the client sent, warm-up included)
+  echo FILE                 `shadowmesh bench echo-client` output -> p50_us/p99_us/p999_us/lost
+  cpu PID...                utime+stime of the processes, in seconds (`cpu_s`)
+  cpu_per_gb C0 C1 GB       (C1 - C0) / GB -> `cpu_s_per_gb`
+  compare CSV               perf-scripts/compare's CSV -> Markdown table + ratios (stdout)
+  svg CSV FILE              the same medians as a grouped bar chart (hand-written SVG)
+  scaling CSV               perf-scripts/scaling's CSV -> Markdown table (stdout)
   enters A0 A1 B0 B1        `shadowmesh stats --raw` before/after on both nodes ->
                             pkts_per_enter (both nodes), per node, drops
   table CSV                 raw-run CSV -> Markdown table of medians + targets (stdout)
@@ -14,6 +20,7 @@ A value that cannot be measured is printed as `nan`, never invented.
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 
@@ -50,6 +57,7 @@ def cmd_iperf(mode, path):
         sent = end.get("sum_sent", {})
         emit("gbps", recv.get("bits_per_second", NAN) / 1e9)
         emit("retr", sent.get("retransmits", NAN))
+        emit("gb", sent_gb(load_json(path)))
     else:
         # iperf3 >= 3.?: sum_received holds the server's view; older: only `sum`.
         recv = end.get("sum_received") or end.get("sum", {})
@@ -59,6 +67,45 @@ def cmd_iperf(mode, path):
             bps = bps * (1.0 - loss / 100.0)
         emit("rx_gbps", bps / 1e9)
         emit("loss_pct", loss)
+        emit("gb", sent_gb(load_json(path)))
+
+
+def sent_gb(doc):
+    """Gigabytes the client sent over all intervals, omitted warm-up ones included (the CPU
+    time measured around the run includes them too)."""
+    total = 0
+    seen = False
+    for iv in doc.get("intervals", []):
+        b = iv.get("sum", {}).get("bytes")
+        if isinstance(b, (int, float)):
+            total += b
+            seen = True
+    return total / 1e9 if seen else NAN
+
+
+def cmd_cpu(pids):
+    """Sum of utime + stime (fields 14 and 15 of /proc/PID/stat; all threads) in seconds.
+    The command name (field 2) may hold spaces: fields are counted after its closing `)`."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                rest = f.read().rpartition(")")[2].split()
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, ValueError, IndexError):
+            emit("cpu_s", NAN)
+            return
+    emit("cpu_s", total / hz)
+
+
+def cmd_cpu_per_gb(c0, c1, gb):
+    try:
+        d, g = float(c1) - float(c0), float(gb)
+    except ValueError:
+        emit("cpu_s_per_gb", NAN)
+        return
+    emit("cpu_s_per_gb", d / g if g > 0 and d >= 0 else NAN)
 
 
 def cmd_echo(path):
@@ -82,6 +129,7 @@ def cmd_echo(path):
 
     emit("p50_us", num("p50_us"))
     emit("p99_us", num("p99_us"))
+    emit("p999_us", num("p999_us"))
     emit("lost", num("lost"))
 
 
@@ -238,6 +286,22 @@ def main(argv):
         cmd_enters(*args)
     elif cmd == "table" and len(args) == 1:
         cmd_table(*args)
+    elif cmd == "cpu" and args:
+        cmd_cpu(args)
+    elif cmd == "cpu_per_gb" and len(args) == 3:
+        cmd_cpu_per_gb(*args)
+    elif cmd == "compare" and len(args) == 1:
+        import comparestat  # pylint: disable=import-outside-toplevel
+
+        comparestat.table(args[0])
+    elif cmd == "scaling" and len(args) == 1:
+        import comparestat  # pylint: disable=import-outside-toplevel
+
+        comparestat.scaling_table(args[0])
+    elif cmd == "svg" and len(args) == 2:
+        import comparestat  # pylint: disable=import-outside-toplevel
+
+        comparestat.svg(args[0], args[1])
     else:
         print(__doc__, file=sys.stderr)
         return 2
