@@ -199,7 +199,12 @@ fn forward_events(events: &Receiver<Event>, up: &Sender<UpMsg>, stop: &AtomicBoo
             Event::RekeyNeeded { peer, local_index } => UpMsg::RekeyNeeded { peer, local_index },
             Event::EndpointChanged { peer, addr } => UpMsg::EndpointChanged { peer, addr },
         };
-        let _ = up.try_send(msg);
+        // Back-pressure instead of loss: while the IPC thread is behind, this waits, the
+        // engine's bounded event queue fills, and the workers count what they drop.
+        if up.send_timeout(msg, Duration::from_millis(100)).is_err() && stop.load(Ordering::Relaxed)
+        {
+            break;
+        }
     }
 }
 

@@ -186,10 +186,7 @@ fn bulk_client(
     let mut s = loop {
         match TcpStream::connect_timeout(&connect, Duration::from_secs(1)) {
             Ok(s) => break s,
-            Err(e) if clock() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            Err(_) if clock() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(e).with_context(|| format!("connecting to {connect}")),
         }
     };
