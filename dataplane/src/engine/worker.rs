@@ -68,6 +68,23 @@ pub struct Worker<I: PacketIo> {
     rx: Vec<Received>,
     plain: Vec<Range<usize>>,
     coalesced: Vec<Coalesced>,
+    /// Plain packets of this turn sealed back to back for one GSO send (see [`TxBatch`]).
+    batch: Option<TxBatch>,
+}
+
+/// Consecutive plain packets to one endpoint, sealed back to back in one transmit buffer and
+/// sent as one UDP_SEGMENT sendmsg: a stream of small or MTU-sized packets (UDP, ACKs, ICMP)
+/// then costs one trip through the kernel's UDP stack per batch instead of per packet, as
+/// TSO super-packets already do. Flushed when the endpoint or size changes, when full, and at
+/// the end of every loop turn, so order is kept and nothing waits.
+#[derive(Clone, Copy, Debug)]
+struct TxBatch {
+    buf: BufId,
+    endpoint: SocketAddr,
+    /// Size of every datagram but possibly the last.
+    stride: usize,
+    used: usize,
+    count: usize,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -81,6 +98,7 @@ impl<I: PacketIo> Worker<I> {
             rx: Vec::with_capacity(RX_BATCH),
             plain: Vec::with_capacity(GRO_MAX),
             coalesced: vec![Coalesced::default(); GRO_MAX],
+            batch: None,
         }
     }
 
@@ -114,6 +132,7 @@ impl<I: PacketIo> Worker<I> {
             }
         }
         self.rx = rx;
+        flush_batch(&mut self.io, &mut self.totals, &mut self.batch);
         self.totals.enters = self.io.stats().enters;
         self.setup.counters.publish(&self.totals);
         Ok(())
@@ -227,6 +246,7 @@ impl<I: PacketIo> Worker<I> {
             setup,
             tables,
             totals,
+            batch,
             ..
         } = self;
         let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
@@ -274,10 +294,14 @@ impl<I: PacketIo> Worker<I> {
             now,
             counters: &entry.counters,
         };
-        let result = if hdr.gso_type == offload::VIRTIO_NET_HDR_GSO_NONE {
-            send_single(io, totals, buf, pkt, &hdr, &tx)
-        } else {
+        let result = if hdr.gso_type != offload::VIRTIO_NET_HDR_GSO_NONE {
+            // A super-packet fills its own GSO sends: first send what is batched, in order.
+            flush_batch(io, totals, batch);
             send_segmented(io, totals, buf, pkt, &hdr, &tx)
+        } else if io.gso_enabled() {
+            send_batched(io, totals, batch, buf, pkt, &hdr, &tx)
+        } else {
+            send_single(io, totals, buf, pkt, &hdr, &tx)
         };
         let rekey = match result {
             Ok(rekey_due) => rekey_due,
@@ -502,6 +526,93 @@ fn send_single<I: PacketIo>(
     totals.udp_tx_datagrams += 1;
     PeerCounters::bump(&tx.counters.tx_packets, 1);
     PeerCounters::bump(&tx.counters.tx_bytes, len as u64);
+    Ok(reservation.rekey_due)
+}
+
+/// Sends what `batch` holds as one GSO sendmsg (a plain send for a single datagram).
+fn flush_batch<I: PacketIo>(io: &mut I, totals: &mut WorkerTotals, batch: &mut Option<TxBatch>) {
+    if let Some(b) = batch.take() {
+        if b.count > 0 {
+            let segment = (b.count > 1).then_some(b.stride as u16);
+            io.send_udp(b.buf, 0..b.used, b.endpoint, segment);
+            totals.udp_tx_datagrams += b.count as u64;
+        }
+        io.release(b.buf);
+    }
+}
+
+/// Seals one plain packet into the turn's GSO batch (see [`TxBatch`]). Returns whether the
+/// session asks for a rekey.
+fn send_batched<I: PacketIo>(
+    io: &mut I,
+    totals: &mut WorkerTotals,
+    batch: &mut Option<TxBatch>,
+    buf: BufId,
+    pkt: Range<usize>,
+    hdr: &VirtioNetHdr,
+    tx: &Tx<'_>,
+) -> Result<bool, DropCause> {
+    let len = pkt.len();
+    let dlen = HEADER_LEN + len + TAG_LEN;
+    if dlen > GSO_MAX_BYTES {
+        return Err(DropCause::BadInnerPacket);
+    }
+    if hdr.needs_csum() {
+        let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
+        complete_checksum(
+            frame.get_mut(pkt.clone()).ok_or(DropCause::BadOffload)?,
+            hdr,
+        )?;
+    }
+    // A datagram joins the open batch if it goes to the same endpoint, is no longer than the
+    // batch's stride (only the last may be shorter) and the batch has room.
+    if let Some(b) = batch {
+        let fits = b.endpoint == tx.endpoint
+            && dlen <= b.stride
+            && b.count < GSO_MAX_SEGMENTS
+            && b.used + dlen <= GSO_MAX_BYTES.min(io.buf_len());
+        if !fits {
+            flush_batch(io, totals, batch);
+        }
+    }
+    if batch.is_none() {
+        let out = io.alloc().ok_or(DropCause::NoBuffer)?;
+        *batch = Some(TxBatch {
+            buf: out,
+            endpoint: tx.endpoint,
+            stride: dlen,
+            used: 0,
+            count: 0,
+        });
+    }
+    let Some(b) = batch.as_mut() else {
+        return Err(DropCause::NoBuffer);
+    };
+    let reservation = tx
+        .session
+        .reserve(1, tx.now)
+        .map_err(|_| DropCause::SendRefused)?;
+    let (src, dst) = io.buf_pair(buf, b.buf).ok_or(DropCause::NoBuffer)?;
+    let plain = src.get(pkt).ok_or(DropCause::BadInnerPacket)?;
+    let slot = dst
+        .get_mut(b.used..b.used + dlen)
+        .ok_or(DropCause::NoBuffer)?;
+    slot[HEADER_LEN..HEADER_LEN + len].copy_from_slice(plain);
+    let n = tx
+        .session
+        .seal_on_lane(tx.lane, reservation.first, slot, len)
+        .map_err(|_| DropCause::NoBuffer)?;
+    b.used += n;
+    b.count += 1;
+    let short = n < b.stride;
+    totals.tun_rx_packets += 1;
+    totals.tun_rx_bytes += len as u64;
+    PeerCounters::bump(&tx.counters.tx_packets, 1);
+    PeerCounters::bump(&tx.counters.tx_bytes, len as u64);
+    if short {
+        // Only the last datagram of a GSO send may be shorter: this one ends the batch.
+        flush_batch(io, totals, batch);
+    }
     Ok(reservation.rekey_due)
 }
 
