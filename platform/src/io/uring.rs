@@ -228,6 +228,34 @@ pub struct UringIo {
     queued: usize,
 }
 
+impl Drop for UringIo {
+    /// Cancels every request and reaps the completions before the ring closes. In-flight
+    /// requests (above all the multishot receives) hold references to the TUN queue and the
+    /// socket; left to the kernel's asynchronous ring teardown, the data port would stay bound
+    /// for a moment after the process exits, and an immediate restart would find it "in use".
+    fn drop(&mut self) {
+        let any = io_uring::types::CancelBuilder::any();
+        let _ = self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(Timespec::new().nsec(200_000_000)), any);
+        for _ in 0..20 {
+            let in_flight = self.tun_armed > 0
+                || self.udp_armed
+                || self.free_ops.len() < self.cfg.max_ops as usize;
+            if !in_flight {
+                break;
+            }
+            let ts = Timespec::new().nsec(10_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            // Reaped receives are ours now; nothing will use them.
+            self.stash.clear();
+        }
+    }
+}
+
 /// What the kernel offers, probed once.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UringFeatures {
