@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::daemon::ipc_bridge::Bridge;
-use shadowmesh_dataplane::ipc::{DownMsg, PeerStats, UpMsg};
+use shadowmesh_dataplane::ipc::{DownMsg, DropCause, PeerStats, UpMsg};
 
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -310,6 +310,9 @@ pub struct PeerInfo {
     pub rx_packets: u64,
     /// Packets sent.
     pub tx_packets: u64,
+    /// Packets dropped, by cause (only causes with a count; dataplane counters).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// `GET /v1/status`.
@@ -487,6 +490,13 @@ async fn snapshot(calls: &mpsc::Sender<ApiCall>, bridge: &Bridge) -> Option<Stat
                     p.tx_bytes = st.tx_bytes;
                     p.rx_packets = st.rx_packets;
                     p.tx_packets = st.tx_packets;
+                    p.drops = DropCause::ALL
+                        .iter()
+                        .filter_map(|c| {
+                            let n = st.drops.get(c.index()).copied().unwrap_or(0);
+                            (n > 0).then(|| (c.name().to_string(), n))
+                        })
+                        .collect();
                 }
             }
         }

@@ -327,7 +327,7 @@ impl EngineHandler<'_> {
                 rx_bytes: t.rx_bytes,
                 tx_packets: t.tx_packets,
                 tx_bytes: t.tx_bytes,
-                drops: [0; proto::DROP_CAUSES],
+                drops: ipc_drops(&t.drops),
                 last_rx_ms: (t.last_rx_nanos > 0).then_some(t.last_rx_nanos / 1_000_000),
             })
             .collect();
@@ -339,14 +339,20 @@ impl EngineHandler<'_> {
     }
 }
 
-fn worker_stats(t: &WorkerTotals) -> WorkerStats {
+/// Folds the engine's drop counters into the IPC's coarser causes.
+fn ipc_drops(engine: &[u64; DropCause::COUNT]) -> [u64; proto::DROP_CAUSES] {
     let mut drops = [0u64; proto::DROP_CAUSES];
     for cause in DropCause::ALL {
         let i = ipc_drop_index(cause);
         if let Some(d) = drops.get_mut(i) {
-            *d += t.drops[cause as usize];
+            *d += engine[cause as usize];
         }
     }
+    drops
+}
+
+fn worker_stats(t: &WorkerTotals) -> WorkerStats {
+    let drops = ipc_drops(&t.drops);
     WorkerStats {
         rx_packets: t.tun_tx_packets,
         rx_bytes: t.tun_tx_bytes,

@@ -411,6 +411,11 @@ fn forged_replayed_garbage_and_unknown_index_are_dropped() {
 
     assert!(p.b.wire.take_tun().is_empty());
     assert_eq!(p.b.totals().total_drops(), 7, "{:?}", p.b.nonzero_drops());
+    // What named one of A's sessions is A's to answer for; garbage and unknown indices are not.
+    assert_eq!(p.b.peer_drops(PEER_A, DropCause::BadTag), 2);
+    assert_eq!(p.b.peer_drops(PEER_A, DropCause::Replayed), 1);
+    assert_eq!(p.b.peer_drops(PEER_A, DropCause::Garbage), 0);
+    assert_eq!(p.b.peer_drops(PEER_A, DropCause::UnknownIndex), 0);
     assert!(
         p.b.take_events().is_empty(),
         "a bad datagram raised an event"
@@ -432,6 +437,7 @@ fn inner_source_outside_the_peers_prefixes_is_dropped() {
     p.pump();
     assert!(p.b.wire.take_tun().is_empty());
     assert_eq!(p.b.drops(DropCause::SourceNotAllowed), 3);
+    assert_eq!(p.b.peer_drops(PEER_A, DropCause::SourceNotAllowed), 3);
     assert_eq!(p.b.totals().total_drops(), 3);
     assert_flows(&mut p, 3);
     p.assert_clean();
@@ -478,6 +484,7 @@ fn no_session_event_at_most_once_per_second() {
     };
     assert_eq!(events, vec![want; 4]);
     assert_eq!(p.a.drops(DropCause::NoSession), 36);
+    assert_eq!(p.a.peer_drops(PEER_B, DropCause::NoSession), 36);
     assert_eq!(p.a.totals().udp_tx_datagrams, 0);
     // The handshake completes: traffic flows, no more events.
     let (sa, sb) = session_pair(A_INDEX, B_INDEX, 9, clock(), Limits::DEFAULT);

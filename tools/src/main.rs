@@ -254,6 +254,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         p.peer, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
                     );
                 }
+                for cause in DropCause::ALL {
+                    let n = p.drops[cause.index()];
+                    if n > 0 {
+                        if raw {
+                            println!("peer={} drop_{}={n}", p.peer, cause.name());
+                        } else {
+                            println!("  dropped {n}: {}", cause.name());
+                        }
+                    }
+                }
             }
             Ok(())
         }

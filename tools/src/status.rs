@@ -155,6 +155,10 @@ pub fn render_peers(peers: &[PeerInfo]) -> String {
             bytes(p.tx_bytes),
             p.tx_packets
         ));
+        if !p.drops.is_empty() {
+            let list: Vec<String> = p.drops.iter().map(|(c, n)| format!("{n} {c}")).collect();
+            out.push_str(&format!("  dropped: {}\n", list.join(", ")));
+        }
         if p.dynamic {
             out.push_str("  (learned from its handshake, not configured)\n");
         }
@@ -225,6 +229,7 @@ mod tests {
                 last_handshake_secs: Some(7),
                 allowed_ips: vec!["100.64.0.2/32".into()],
                 rx_bytes: 2048,
+                drops: [("replay".to_string(), 3)].into_iter().collect(),
                 ..PeerInfo::default()
             }],
             ..StatusReply::default()
@@ -237,7 +242,9 @@ mod tests {
         assert!(t.contains("NOT connected"));
         let p = render_peers(&s.peers);
         assert!(
-            p.contains("allowed ips: 100.64.0.2/32") && p.contains("7s ago"),
+            p.contains("allowed ips: 100.64.0.2/32")
+                && p.contains("7s ago")
+                && p.contains("dropped: 3 replay"),
             "{p}"
         );
     }

@@ -198,6 +198,20 @@ fn two_nodes(backend: &str, tag: &str) {
         drop(DropCause::Replay) + drop(DropCause::SourceNotAllowed) >= 500,
         "replays not counted: {st:?}"
     );
+    // Forged and replayed messages named the peer's receiver index: they count against it.
+    let peer_drop = |cause: DropCause| st.peers.iter().map(|p| p.drops[cause.index()]).sum::<u64>();
+    assert!(
+        peer_drop(DropCause::AuthFailed) >= 500,
+        "forged not counted against the peer: {st:?}"
+    );
+    assert!(
+        peer_drop(DropCause::Replay) + peer_drop(DropCause::SourceNotAllowed) >= 500,
+        "replays not counted against the peer: {st:?}"
+    );
+    assert!(
+        peer_drop(DropCause::Malformed) < drop(DropCause::Malformed),
+        "garbage with no receiver index counted against a peer: {st:?}"
+    );
     let st0 = stats(&s0);
     for (node, st) in [(0, &st0), (1, &st)] {
         assert_eq!(st.workers.len(), 2, "node {node} should run 2 workers");

@@ -234,6 +234,9 @@ pub struct PeerCounters {
     pub tx_packets: AtomicU64,
     /// Time of the last authenticated packet, in nanoseconds of the engine clock (0 = never).
     pub last_rx_nanos: AtomicU64,
+    /// Packets to or from this peer dropped, indexed by [`DropCause`]: on send, those routed
+    /// to the peer; on receive, those that named one of its sessions.
+    pub drops: [AtomicU64; DropCause::COUNT],
 }
 
 impl PeerCounters {
@@ -244,6 +247,12 @@ impl PeerCounters {
             counter.load(Ordering::Relaxed).wrapping_add(by),
             Ordering::Relaxed,
         );
+    }
+
+    /// Counts one drop for this peer (single writer, like [`PeerCounters::bump`]).
+    #[inline]
+    pub fn count_drop(&self, cause: DropCause) {
+        Self::bump(&self.drops[cause as usize], 1);
     }
 }
 

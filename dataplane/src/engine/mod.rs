@@ -143,6 +143,8 @@ pub struct PeerTotals {
     pub tx_packets: u64,
     /// Engine-clock time of the last authenticated packet (ns; 0 = never).
     pub last_rx_nanos: u64,
+    /// Drops attributed to this peer, indexed by [`counters::DropCause`].
+    pub drops: [u64; counters::DropCause::COUNT],
 }
 
 impl Engine {
@@ -259,6 +261,9 @@ impl Engine {
                 t.tx_bytes += c.tx_bytes.load(Relaxed);
                 t.tx_packets += c.tx_packets.load(Relaxed);
                 t.last_rx_nanos = t.last_rx_nanos.max(c.last_rx_nanos.load(Relaxed));
+                for (sum, d) in t.drops.iter_mut().zip(c.drops.iter()) {
+                    *sum += d.load(Relaxed);
+                }
             }
         }
         out

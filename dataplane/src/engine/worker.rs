@@ -282,9 +282,13 @@ impl<I: PacketIo> Worker<I> {
                 entry.last_no_session_event = Some(now);
                 emit(&setup.events, totals, Event::NoSession { peer, dst });
             }
+            entry.counters.count_drop(DropCause::NoSession);
             return Err(DropCause::NoSession);
         };
-        let endpoint = entry.endpoint.ok_or(DropCause::NoEndpoint)?;
+        let Some(endpoint) = entry.endpoint else {
+            entry.counters.count_drop(DropCause::NoEndpoint);
+            return Err(DropCause::NoEndpoint);
+        };
         // Borrowed, not cloned: an Arc clone per packet would bounce the refcount's cache
         // line between workers.
         let tx = Tx {
@@ -303,6 +307,9 @@ impl<I: PacketIo> Worker<I> {
         } else {
             send_single(io, totals, buf, pkt, &hdr, &tx)
         };
+        if let Err(cause) = result {
+            entry.counters.count_drop(cause);
+        }
         let rekey = match result {
             Ok(rekey_due) => rekey_due,
             // Past its limits: ask for a handshake as a missing session would.
@@ -363,7 +370,9 @@ impl<I: PacketIo> Worker<I> {
                         let range = match session.open(bytes, now) {
                             Ok(r) => r,
                             Err(e) => {
-                                self.totals.drop(e.into());
+                                let cause = e.into();
+                                self.totals.drop(cause);
+                                entry.counters.count_drop(cause);
                                 continue;
                             }
                         };
@@ -388,15 +397,18 @@ impl<I: PacketIo> Worker<I> {
                         let Some(inner_src) = bytes.get(range.clone()).and_then(wire::inner_src)
                         else {
                             self.totals.drop(DropCause::BadInnerPacket);
+                            entry.counters.count_drop(DropCause::BadInnerPacket);
                             continue;
                         };
                         if !self.tables.routes.allows(peer, inner_src) {
                             self.totals.drop(DropCause::SourceNotAllowed);
+                            entry.counters.count_drop(DropCause::SourceNotAllowed);
                             continue;
                         }
                         if self.plain.len() == self.plain.capacity() {
                             // More datagrams than one GRO batch can hold (the kernel sends 64).
                             self.totals.drop(DropCause::NoBuffer);
+                            entry.counters.count_drop(DropCause::NoBuffer);
                             continue;
                         }
                         PeerCounters::bump(&entry.counters.rx_packets, 1);

@@ -680,6 +680,17 @@ impl Node {
         self.totals().drops[cause as usize]
     }
 
+    /// Drops this node's worker counted against `peer` under `cause` (0 if it never saw it).
+    pub fn peer_drops(&self, peer: PeerId, cause: DropCause) -> u64 {
+        self.peer_counters
+            .lock()
+            .expect("registry")
+            .iter()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, c)| c.drops[cause as usize].load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Every drop counter that is not zero, by name (for assertion messages).
     pub fn nonzero_drops(&self) -> Vec<(&'static str, u64)> {
         let t = self.totals();
