@@ -51,6 +51,9 @@ base_prereqs() {
     if [ ! -x "$SM" ] || [ ! -x "$SMD" ]; then
         die "no binaries in $BIN: run 'cargo build --release --workspace --bins' or pass --bin DIR"
     fi
+    # Extra shadowmesh-dataplane flags for experiments, e.g. SHADOWMESH_DP_ARGS="--socket-buffer 1048576"
+    # (split on spaces; they go into the header of the results).
+    read -r -a DP_EXTRA <<<"${SHADOWMESH_DP_ARGS:-}"
     "$SM" bench echo-client --help >/dev/null 2>&1 \
         || die "$SM has no 'bench echo-client': rebuild it (cargo build --release --workspace --bins)"
 }
@@ -234,7 +237,7 @@ start_backend() { # backend workers
         rm -f "$sock"
         ip netns exec "$ns" "$SMD" --tun "$tun" --addr "100.64.$net.$idx/24" \
             --addr "fd00:$net::$idx/64" --bind "0.0.0.0:$port" --workers "$w" --backend "$b" \
-            --socket "$sock" >"$WORK/dp-$b-w$w-$idx.log" 2>&1 &
+            --socket "$sock" "${DP_EXTRA[@]}" >"$WORK/dp-$b-w$w-$idx.log" 2>&1 &
         DP_PIDS[$b-$idx]=$!
         PIDS+=("$!")
     done
