@@ -441,6 +441,78 @@ fn new_connection_replaces_old_one() {
 }
 
 #[test]
+fn observer_reads_stats_without_displacing_the_control_connection() {
+    let handler = MemoryHandler {
+        stats: Stats {
+            peers: vec![PeerStats {
+                peer: 7,
+                rx_packets: 42,
+                ..PeerStats::default()
+            }],
+            ..Stats::default()
+        },
+        ..MemoryHandler::default()
+    };
+    let srv = Running::start("observer", handler);
+    let mut control = IpcClient::connect(&srv.path).unwrap();
+    control
+        .request(DownMsg::InstallSession(session(1, 1)))
+        .unwrap();
+
+    // A connection that never says Hello does not take the control slot either.
+    let silent = SeqpacketConn::connect(&srv.path).unwrap();
+
+    let mut obs = IpcClient::connect_observer(&srv.path).unwrap();
+    match obs.request(DownMsg::GetStats { first_peer: 0 }).unwrap() {
+        UpMsg::Stats(st) => assert_eq!(st.peers[0].rx_packets, 42),
+        other => panic!("expected Stats, got {other:?}"),
+    }
+    // Read-only: anything else is refused, and nothing reaches the handler.
+    for msg in [
+        DownMsg::InstallSession(session(2, 2)),
+        DownMsg::RemovePeer { peer: 1 },
+        DownMsg::Shutdown,
+    ] {
+        match obs.request(msg) {
+            Err(IpcError::Remote { code, .. }) => assert_eq!(code, ErrorCode::REJECTED),
+            other => panic!("an observer's write was not refused: {other:?}"),
+        }
+    }
+
+    // The control connection still works and still gets the events; the observer gets none.
+    assert_eq!(
+        control
+            .request(DownMsg::InstallSession(session(3, 3)))
+            .unwrap(),
+        UpMsg::Ack
+    );
+    srv.events
+        .send(UpMsg::EndpointChanged {
+            peer: 1,
+            addr: "203.0.113.9:4000".parse().unwrap(),
+        })
+        .unwrap();
+    assert!(control
+        .recv_event(Duration::from_secs(2))
+        .unwrap()
+        .is_some());
+    assert!(obs
+        .recv_event(Duration::from_millis(200))
+        .unwrap()
+        .is_none());
+    drop(silent);
+    let (h, res) = srv.stop();
+    assert_eq!(res.unwrap(), StopReason::StopFlag);
+    assert!(!h.shutdown, "an observer shut the dataplane down");
+    let installed: Vec<u32> = h.sessions.keys().copied().collect();
+    assert_eq!(
+        installed,
+        vec![1, 3],
+        "only the control connection installs"
+    );
+}
+
+#[test]
 fn shutdown_request_ends_the_server() {
     let srv = Running::start("shutdown", MemoryHandler::default());
     let mut c = IpcClient::connect(&srv.path).unwrap();

@@ -60,7 +60,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
-    /// Prints a running dataplane's counters (per worker and per peer).
+    /// Prints a running dataplane's counters (per worker and per peer); read-only, safe beside
+    /// a running control plane.
     Stats {
         /// The dataplane's IPC socket.
         #[arg(long, default_value = "/run/shadowmesh/dataplane.sock")]
@@ -209,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Stats { socket, raw } => {
-            let mut client = IpcClient::connect(&socket)
+            let mut client = IpcClient::connect_observer(&socket)
                 .with_context(|| format!("connecting to the dataplane at {}", socket.display()))?;
             let UpMsg::Stats(stats) = client.request(DownMsg::GetStats { first_peer: 0 })? else {
                 anyhow::bail!("the dataplane answered GetStats with something else");

@@ -290,9 +290,9 @@ pub fn install_static_mesh(sockets: &[PathBuf], nodes: &[usize]) -> anyhow::Resu
     Ok(())
 }
 
-/// Reads a dataplane's counters over IPC.
+/// Reads a dataplane's counters over IPC (as an observer: a control connection stays).
 pub fn stats(socket: &Path) -> anyhow::Result<Stats> {
-    let mut c = IpcClient::connect(socket)?;
+    let mut c = IpcClient::connect_observer(socket)?;
     match c.request(DownMsg::GetStats { first_peer: 0 })? {
         UpMsg::Stats(s) => Ok(s),
         other => bail!("GetStats answered {other:?}"),
@@ -333,6 +333,8 @@ pub struct MeshNode {
     pub config: PathBuf,
     /// Its admin API socket.
     pub admin: PathBuf,
+    /// Its dataplane's IPC socket.
+    pub dataplane: PathBuf,
     /// Handle of its `shadowmesh up` process.
     pub up: usize,
 }
@@ -426,7 +428,12 @@ impl Topology {
         let up = self.spawn_logged(i, &[&cli, "up", "--config", &config_s], &log)?;
         for _ in 0..600 {
             if admin.exists() {
-                return Ok(MeshNode { config, admin, up });
+                return Ok(MeshNode {
+                    config,
+                    admin,
+                    dataplane: d.join(format!("dp{i}.sock")),
+                    up,
+                });
             }
             std::thread::sleep(STEP);
         }

@@ -54,6 +54,13 @@ impl IpcClient {
         Self::handshake(conn, timeout, Hello::ours(Role::Control))
     }
 
+    /// Connects as a read-only observer: only `GetStats` is allowed, no events arrive, and
+    /// the control plane's connection stays in place (what `shadowmesh stats` uses).
+    pub fn connect_observer(path: &Path) -> Result<Self, IpcError> {
+        let conn = SeqpacketConn::connect(path)?;
+        Self::handshake(conn, DEFAULT_TIMEOUT, Hello::ours(Role::Observer))
+    }
+
     /// Sends `hello` on `conn` and waits for the dataplane's Hello. Exposed to tests (which
     /// send other versions) through [`connect_with_hello`](Self::connect_with_hello).
     fn handshake(conn: SeqpacketConn, timeout: Duration, hello: Hello) -> Result<Self, IpcError> {

@@ -11,7 +11,7 @@
 //!
 //! | kind | direction | layout after the kind byte |
 //! | --- | --- | --- |
-//! | `0x01` Hello | both | `version u16, role u8` — this layout is frozen for all versions |
+//! | `0x01` Hello | both | `version u16, role u8` (1 control, 2 dataplane, 3 observer) — this layout is frozen for all versions |
 //! | `0x02` Request | down | `id u32, tag u8, fields` ([`DownMsg`]) |
 //! | `0x03` Reply | up | `id u32, tag u8, fields` ([`UpMsg`]: `Ack`, `Error`, `Stats`) |
 //! | `0x04` Event | up | `tag u8, fields` (unsolicited [`UpMsg`]) |
@@ -165,6 +165,9 @@ pub enum Role {
     Control,
     /// The dataplane.
     Dataplane,
+    /// A read-only client (`shadowmesh stats`): may only ask for statistics, gets no events
+    /// and never displaces the control connection.
+    Observer,
 }
 
 impl Role {
@@ -172,6 +175,7 @@ impl Role {
         match self {
             Role::Control => 1,
             Role::Dataplane => 2,
+            Role::Observer => 3,
         }
     }
 }
@@ -945,11 +949,12 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     let role = match r.u8("Hello role")? {
         1 => Role::Control,
         2 => Role::Dataplane,
+        3 => Role::Observer,
         v => {
             return Err(DecodeError::BadValue {
                 what: "Hello role",
                 value: u64::from(v),
-                expected: "1 (control) or 2 (dataplane)",
+                expected: "1 (control), 2 (dataplane) or 3 (observer)",
             })
         }
     };

@@ -1,8 +1,10 @@
 //! The dataplane's IPC thread: serves one control connection at a time on the IPC socket,
-//! hands each decoded request to an [`IpcHandler`] and forwards the engine's events up.
+//! hands each decoded request to an [`IpcHandler`] and forwards the engine's events up. Beside
+//! it, one read-only observer connection (`shadowmesh stats`) may ask for statistics.
 //!
-//! It owns the connection's life cycle (peer check, Hello, replacing an old connection with a
-//! new one) and the server-side counters. It must never block the engine: events come over a
+//! It owns the connection's life cycle (peer check, Hello, a new control connection replacing
+//! the old one once its Hello arrives, so a client that connects and never greets — or an
+//! observer — cannot displace the control plane) and the server-side counters. It must never block the engine: events come over a
 //! bounded channel (when the client reads slowly they wait there, so a full channel is the
 //! engine's signal to count a drop; with no client they are dropped and counted here). It
 //! never logs message contents (keys) and never busy-spins: it sleeps in `poll` on the
@@ -101,11 +103,23 @@ impl IpcWaker {
     }
 }
 
-/// The current control connection.
+/// A connection: the control client, the observer, or one not yet greeted.
 struct Client {
     conn: SeqpacketConn,
     cred: PeerCred,
-    greeted: bool,
+    /// What its Hello said; `None` until then.
+    role: Option<Role>,
+}
+
+/// The connections the server holds.
+#[derive(Default)]
+struct Conns {
+    /// The greeted control connection: requests and events.
+    control: Option<Client>,
+    /// The latest connection, until its Hello says what it is.
+    newcomer: Option<Client>,
+    /// The greeted read-only connection: `GetStats` only, no events.
+    observer: Option<Client>,
 }
 
 impl IpcServer {
@@ -149,7 +163,7 @@ impl IpcServer {
         up: Receiver<UpMsg>,
         stop: &AtomicBool,
     ) -> Result<StopReason, IpcError> {
-        let mut client: Option<Client> = None;
+        let mut conns = Conns::default();
         // Requests may carry keys: the receive and send buffers are wiped on drop, and the
         // received bytes after each message.
         let mut buf = Zeroizing::new(vec![0u8; MAX_MSG]);
@@ -158,7 +172,7 @@ impl IpcServer {
         // stream keeps its order, while the channel holds the rest (back-pressure).
         let mut pending: Option<Vec<u8>> = None;
         let mut flow = Flow::Idle;
-        let mut ready = [Ready::default(); 3];
+        let mut ready = [Ready::default(); 5];
         while !stop.load(Ordering::Acquire) {
             // With events left over from the last round, only look at the sockets.
             let wait = if flow == Flow::Backlog {
@@ -176,36 +190,54 @@ impl IpcServer {
                     write: false,
                 },
                 PollFd {
-                    fd: client.as_ref().map(|c| c.conn.as_fd()),
+                    fd: conns.control.as_ref().map(|c| c.conn.as_fd()),
                     write: flow == Flow::Blocked,
+                },
+                PollFd {
+                    fd: conns.newcomer.as_ref().map(|c| c.conn.as_fd()),
+                    write: false,
+                },
+                PollFd {
+                    fd: conns.observer.as_ref().map(|c| c.conn.as_fd()),
+                    write: false,
                 },
             ];
             seqpacket::poll(&fds, wait, &mut ready)?;
             if ready[0].readable {
-                self.accept_pending(&mut client)?;
+                self.accept_pending(&mut conns.newcomer)?;
             }
             if ready[1].readable {
                 self.wakeup.drain();
             }
-            if ready[2].readable {
-                if let Some(c) = client.as_mut() {
+            let slots = [
+                (2, &mut conns.control),
+                (3, &mut conns.newcomer),
+                (4, &mut conns.observer),
+            ];
+            for (i, slot) in slots {
+                if !ready[i].readable {
+                    continue;
+                }
+                if let Some(c) = slot.as_mut() {
                     match self.serve_requests(c, handler, &mut buf, &mut out) {
                         Ok(false) => {}
                         Ok(true) => return Ok(StopReason::Shutdown),
                         Err(e) => {
                             tracing::info!(pid = c.cred.pid, uid = c.cred.uid, error = %e, "IPC client disconnected");
-                            client = None;
+                            *slot = None;
                         }
                     }
                 }
             }
-            flow = self.forward_events(&mut client, &up, &mut pending, &mut out);
+            self.promote_newcomer(&mut conns);
+            flow = self.forward_events(&mut conns.control, &up, &mut pending, &mut out);
         }
         Ok(StopReason::StopFlag)
     }
 
-    /// Accepts every pending connection; a permitted one replaces the current client.
-    fn accept_pending(&self, client: &mut Option<Client>) -> Result<(), IpcError> {
+    /// Accepts every pending connection; a permitted one waits in `newcomer` for its Hello
+    /// (replacing an older newcomer that has not greeted yet).
+    fn accept_pending(&self, newcomer: &mut Option<Client>) -> Result<(), IpcError> {
         // Bounded: a flood of connects cannot starve the current client.
         for _ in 0..8 {
             let (conn, cred) = match self.listener.accept() {
@@ -236,20 +268,18 @@ impl IpcServer {
                 tracing::warn!(error = %e, "IPC connection setup failed");
                 continue;
             }
-            if let Some(old) = client.take() {
-                tracing::info!(
+            if let Some(old) = newcomer.take() {
+                tracing::debug!(
                     old_pid = old.cred.pid,
                     new_pid = cred.pid,
-                    "new IPC control connection replaces the old one"
+                    "IPC connection closed before its Hello: a newer one came"
                 );
-            } else {
-                tracing::info!(pid = cred.pid, uid = cred.uid, "IPC control connection");
             }
             IpcCounters::bump(&self.counters.connections);
-            *client = Some(Client {
+            *newcomer = Some(Client {
                 conn,
                 cred,
-                greeted: false,
+                role: None,
             });
         }
         Ok(())
@@ -289,7 +319,7 @@ impl IpcServer {
             buf.get_mut(..n).unwrap_or_default().zeroize();
             match decoded {
                 Ok(DownFrame::Hello(hello)) => self.on_hello(c, hello, out)?,
-                Err(proto::DecodeError::VersionMismatch { .. }) if c.greeted => {
+                Err(proto::DecodeError::VersionMismatch { .. }) if c.role.is_some() => {
                     // Versions were settled by the first Hello; a later one is only noise.
                     IpcCounters::bump(&self.counters.malformed);
                     let msg = UpMsg::error(ErrorCode::PROTOCOL, "second Hello on one connection");
@@ -306,7 +336,7 @@ impl IpcServer {
                     send(c, &UpFrame::Hello(Hello::ours(Role::Dataplane)), out)?;
                     return Err(IpcError::VersionMismatch { ours, theirs });
                 }
-                Ok(DownFrame::Request { .. }) if !c.greeted => {
+                Ok(DownFrame::Request { .. }) if c.role.is_none() => {
                     let msg =
                         UpMsg::error(ErrorCode::PROTOCOL, "expected Hello before any request");
                     send(c, &UpFrame::Reply { id, msg }, out)?;
@@ -314,6 +344,16 @@ impl IpcServer {
                         expected: "Hello",
                         got: "a request".into(),
                     });
+                }
+                Ok(DownFrame::Request { id, msg })
+                    if c.role == Some(Role::Observer)
+                        && !matches!(msg, DownMsg::GetStats { .. }) =>
+                {
+                    let msg = UpMsg::error(
+                        ErrorCode::REJECTED,
+                        "read-only (observer) connection: only GetStats is allowed",
+                    );
+                    send(c, &UpFrame::Reply { id, msg }, out)?;
                 }
                 Ok(DownFrame::Request { id, msg }) => {
                     IpcCounters::bump(&self.counters.requests);
@@ -336,20 +376,52 @@ impl IpcServer {
         Ok(false)
     }
 
+    /// Moves a greeted newcomer into its slot: a control connection replaces the old one,
+    /// an observer the old observer.
+    fn promote_newcomer(&self, conns: &mut Conns) {
+        let role = conns.newcomer.as_ref().and_then(|c| c.role);
+        let slot = match role {
+            Some(Role::Control) => &mut conns.control,
+            Some(Role::Observer) => &mut conns.observer,
+            _ => return,
+        };
+        let Some(new) = conns.newcomer.take() else {
+            return;
+        };
+        match slot.take() {
+            Some(old) => tracing::info!(
+                old_pid = old.cred.pid,
+                new_pid = new.cred.pid,
+                ?role,
+                "new IPC connection replaces the old one"
+            ),
+            None => tracing::info!(
+                pid = new.cred.pid,
+                uid = new.cred.uid,
+                ?role,
+                "IPC connection"
+            ),
+        }
+        *slot = Some(new);
+    }
+
     fn on_hello(&self, c: &mut Client, hello: Hello, out: &mut Vec<u8>) -> Result<(), IpcError> {
-        if c.greeted {
+        if c.role.is_some() {
             let msg = UpMsg::error(ErrorCode::PROTOCOL, "second Hello on one connection");
             return send(c, &UpFrame::Reply { id: 0, msg }, out);
         }
-        if hello.role != Role::Control {
-            let msg = UpMsg::error(ErrorCode::PROTOCOL, "expected a Hello with role control");
+        if !matches!(hello.role, Role::Control | Role::Observer) {
+            let msg = UpMsg::error(
+                ErrorCode::PROTOCOL,
+                "expected a Hello with role control or observer",
+            );
             send(c, &UpFrame::Reply { id: 0, msg }, out)?;
             return Err(IpcError::Protocol {
-                expected: "role control",
+                expected: "role control or observer",
                 got: format!("{:?}", hello.role),
             });
         }
-        c.greeted = true;
+        c.role = Some(hello.role);
         send(c, &UpFrame::Hello(Hello::ours(Role::Dataplane)), out)
     }
 
@@ -393,7 +465,7 @@ impl IpcServer {
         pending: &mut Option<Vec<u8>>,
         scratch: &mut Vec<u8>,
     ) -> Flow {
-        let Some(c) = client.as_mut().filter(|c| c.greeted) else {
+        let Some(c) = client.as_mut().filter(|c| c.role == Some(Role::Control)) else {
             if pending.take().is_some() {
                 IpcCounters::bump(&self.counters.events_dropped_no_client);
             }

@@ -132,7 +132,12 @@ fn event_msg() -> impl Strategy<Value = UpMsg> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    prop_oneof![Just(Role::Control), Just(Role::Dataplane)].prop_map(Hello::ours)
+    prop_oneof![
+        Just(Role::Control),
+        Just(Role::Dataplane),
+        Just(Role::Observer)
+    ]
+    .prop_map(Hello::ours)
 }
 
 fn down_frame() -> impl Strategy<Value = DownFrame> {
