@@ -459,7 +459,8 @@ fn observer_reads_stats_without_displacing_the_control_connection() {
         .request(DownMsg::InstallSession(session(1, 1)))
         .unwrap();
 
-    // A connection that never says Hello does not take the control slot either.
+    // A connection that never says Hello does not take the control slot either (and the
+    // observer behind it waits at most HELLO_TIMEOUT).
     let silent = SeqpacketConn::connect(&srv.path).unwrap();
 
     let mut obs = IpcClient::connect_observer(&srv.path).unwrap();
@@ -500,7 +501,15 @@ fn observer_reads_stats_without_displacing_the_control_connection() {
         .recv_event(Duration::from_millis(200))
         .unwrap()
         .is_none());
-    drop(silent);
+    // The silent connection was closed once its time to greet ran out.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    assert!(
+        silent.recv(&mut buf).is_err(),
+        "a silent connection stayed open"
+    );
     let (h, res) = srv.stop();
     assert_eq!(res.unwrap(), StopReason::StopFlag);
     assert!(!h.shutdown, "an observer shut the dataplane down");

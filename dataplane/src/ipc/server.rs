@@ -2,10 +2,10 @@
 //! hands each decoded request to an [`IpcHandler`] and forwards the engine's events up. Beside
 //! it, one read-only observer connection (`shadowmesh stats`) may ask for statistics.
 //!
-//! It owns the connection's life cycle (peer check, Hello, a new control connection replacing
-//! the old one once its Hello arrives, so a client that connects and never greets — or an
-//! observer — cannot displace the control plane) and the server-side counters. It must never block the engine: events come over a
-//! bounded channel (when the client reads slowly they wait there, so a full channel is the
+//! It owns the connection's life cycle (peer check; Hello; a new control connection replacing
+//! the old one only once its Hello arrives, so neither an observer nor a client that connects
+//! and never greets can displace the control plane) and the server-side counters. It must
+//! never block the engine: events come over a bounded channel (when the client reads slowly they wait there, so a full channel is the
 //! engine's signal to count a drop; with no client they are dropped and counted here). It
 //! never logs message contents (keys) and never busy-spins: it sleeps in `poll` on the
 //! listener, the client and an optional wake-up pipe ([`IpcServer::waker`]) for at most
@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use shadowmesh_platform::seqpacket::{
@@ -32,6 +32,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a reply may wait for room in the client's socket buffer before the client is
 /// considered stuck and dropped.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new connection may take to send its Hello. Connections are taken from the
+/// listen backlog one at a time, so a silent one delays the next by at most this much.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most requests handled per wake-up, so events keep flowing under a request flood.
 const REQUESTS_PER_ROUND: usize = 64;
 /// Most events forwarded per wake-up, so requests keep being served under an event flood.
@@ -109,6 +112,18 @@ struct Client {
     cred: PeerCred,
     /// What its Hello said; `None` until then.
     role: Option<Role>,
+    /// When it was accepted.
+    since: Instant,
+}
+
+/// The one place the IPC server reads the clock: it only bounds how long a new connection
+/// may take to greet; no protocol state depends on it.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "I/O driver deadline for an IPC Hello; no protocol state depends on it"
+)]
+fn now() -> Instant {
+    Instant::now()
 }
 
 /// The connections the server holds.
@@ -116,7 +131,8 @@ struct Client {
 struct Conns {
     /// The greeted control connection: requests and events.
     control: Option<Client>,
-    /// The latest connection, until its Hello says what it is.
+    /// The connection accepted last, until its Hello says what it is (the next one waits in
+    /// the listen backlog meanwhile).
     newcomer: Option<Client>,
     /// The greeted read-only connection: `GetStats` only, no events.
     observer: Option<Client>,
@@ -180,9 +196,19 @@ impl IpcServer {
             } else {
                 POLL_INTERVAL
             };
+            if conns
+                .newcomer
+                .as_ref()
+                .is_some_and(|c| now().saturating_duration_since(c.since) > HELLO_TIMEOUT)
+            {
+                tracing::info!("IPC connection sent no Hello within {HELLO_TIMEOUT:?}; closed");
+                conns.newcomer = None;
+            }
             let fds = [
                 PollFd {
-                    fd: Some(self.listener.as_fd()),
+                    // While a newcomer has yet to greet, the next connection waits (the poll
+                    // timeout brings us back to check the newcomer's deadline).
+                    fd: conns.newcomer.is_none().then(|| self.listener.as_fd()),
                     write: false,
                 },
                 PollFd {
@@ -235,10 +261,10 @@ impl IpcServer {
         Ok(StopReason::StopFlag)
     }
 
-    /// Accepts every pending connection; a permitted one waits in `newcomer` for its Hello
-    /// (replacing an older newcomer that has not greeted yet).
+    /// Accepts the next permitted connection into `newcomer` (where it waits for its Hello),
+    /// refusing any with the wrong peer credentials on the way.
     fn accept_pending(&self, newcomer: &mut Option<Client>) -> Result<(), IpcError> {
-        // Bounded: a flood of connects cannot starve the current client.
+        // Bounded: a flood of refused connects cannot starve the current client.
         for _ in 0..8 {
             let (conn, cred) = match self.listener.accept() {
                 Ok(pair) => pair,
@@ -268,19 +294,14 @@ impl IpcServer {
                 tracing::warn!(error = %e, "IPC connection setup failed");
                 continue;
             }
-            if let Some(old) = newcomer.take() {
-                tracing::debug!(
-                    old_pid = old.cred.pid,
-                    new_pid = cred.pid,
-                    "IPC connection closed before its Hello: a newer one came"
-                );
-            }
             IpcCounters::bump(&self.counters.connections);
             *newcomer = Some(Client {
                 conn,
                 cred,
                 role: None,
+                since: now(),
             });
+            return Ok(());
         }
         Ok(())
     }
