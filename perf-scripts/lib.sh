@@ -51,9 +51,12 @@ base_prereqs() {
     if [ ! -x "$SM" ] || [ ! -x "$SMD" ]; then
         die "no binaries in $BIN: run 'cargo build --release --workspace --bins' or pass --bin DIR"
     fi
-    # Extra shadowmesh-dataplane flags for experiments, e.g. SHADOWMESH_DP_ARGS="--socket-buffer 1048576"
-    # (split on spaces; they go into the header of the results).
-    read -r -a DP_EXTRA <<<"${SHADOWMESH_DP_ARGS:-}"
+    # Extra shadowmesh-dataplane flags (split on spaces; printed in the results header).
+    # Default --no-pin: both nodes share this machine's cores, and pinning each node's worker i
+    # to core i stacks a flow's sender and receiver on one core while another idles (measured:
+    # 20-45 % less TCP throughput pinned on 2 vCPUs). On a real deployment, one node per
+    # machine, the dataplane's default (pinned) is right. SHADOWMESH_DP_ARGS="" measures pinned.
+    read -r -a DP_EXTRA <<<"${SHADOWMESH_DP_ARGS---no-pin}"
     "$SM" bench echo-client --help >/dev/null 2>&1 \
         || die "$SM has no 'bench echo-client': rebuild it (cargo build --release --workspace --bins)"
 }

@@ -163,7 +163,7 @@ ELAPSED=$(($(date +%s) - T0))
     echo
     echo "- host: $HOST, nproc $(nproc), CPU: $CPU, kernel $(uname -r)"
     echo "- build: $REV ($BIN)"
-    [ -z "${SHADOWMESH_DP_ARGS:-}" ] || echo "- extra dataplane flags: $SHADOWMESH_DP_ARGS"
+    echo "- dataplane flags beyond the defaults: ${DP_EXTRA[*]:-none}"
     echo "- command: \`$CMD\`"
     echo "- load average at start: $LOAD_START; at end: $LOAD_END (1/5/15 min); run took ${ELAPSED} s"
     echo "- each iperf3 run: ${SECS} s (TCP after a 1 s omitted warm-up); UDP: 1300-byte datagrams offered at ${UDP_RATE}bit/s;"
