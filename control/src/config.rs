@@ -19,6 +19,7 @@
 //! bind = "0.0.0.0"
 //! workers = 0                # 0 = one per core
 //! backend = "uring"          # or "poll"
+//! pin = true                 # pin workers to cores; false when nodes share a machine
 //! # binary = "/usr/local/bin/shadowmesh-dataplane"
 //!
 //! [control]
@@ -146,6 +147,9 @@ pub struct DataplaneSection {
     pub workers: usize,
     /// I/O backend.
     pub backend: Backend,
+    /// Pin each worker to its own core (the default; turn off when several nodes share one
+    /// machine's cores, as in the demo, so their workers are not stacked on the same cores).
+    pub pin: bool,
     /// Explicit path of `shadowmesh-dataplane` (default: next to `shadowmesh`).
     pub binary: Option<PathBuf>,
 }
@@ -234,6 +238,7 @@ struct RawDataplane {
     bind: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
     backend: Option<Spanned<String>>,
+    pin: Option<Spanned<bool>>,
     binary: Option<Spanned<String>>,
 }
 
@@ -444,6 +449,7 @@ impl Config {
                 None => 0,
             },
             backend,
+            pin: d.pin.as_ref().is_none_or(|p| *p.get_ref()),
             binary: d
                 .binary
                 .as_ref()
@@ -628,6 +634,12 @@ endpoint = "[fd00::3]:51820"
         assert_eq!(c.node.key, PathBuf::from("/etc/sm/alpha.key"));
         assert_eq!(c.node.cert, PathBuf::from("/etc/sm/alpha.cert"));
         assert_eq!(c.dataplane.backend, Backend::Poll);
+        assert!(
+            c.dataplane.pin,
+            "workers are pinned unless the file says otherwise"
+        );
+        let unpinned = parse(&GOOD.replace("workers = 2", "workers = 2\npin = false")).unwrap();
+        assert!(!unpinned.dataplane.pin);
         assert_eq!(
             c.dataplane.bind_addr(),
             "198.51.100.1:51821".parse::<SocketAddr>().unwrap()
@@ -707,6 +719,8 @@ endpoint = "[fd00::3]:51820"
         assert!(e.contains(":12:") && e.contains("workerz"), "{e}");
         let e = err(&GOOD.replace("workers = 2", "workers = \"two\""));
         assert!(e.contains(":12:"), "{e}");
+        let e = err(&GOOD.replace("workers = 2", "workers = 2\npin = \"no\""));
+        assert!(e.contains(":13:"), "{e}");
         let e = err("[node\nname='a'");
         assert!(e.contains("node.toml:1:"), "{e}");
     }

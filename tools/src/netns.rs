@@ -404,9 +404,11 @@ impl Topology {
     ) -> anyhow::Result<MeshNode> {
         let d = self.dir.clone();
         let admin = d.join(format!("admin{i}.sock"));
+        // pin = false: every node of a topology shares this machine's cores; pinned, each
+        // node's worker i would sit on core i beside every other node's worker i.
         let mut cfg = format!(
             "[node]\nname = \"n{i}\"\nkey = \"n{i}.key\"\ncert = \"n{i}.cert\"\nca = \"{ca_name}.pub\"\n\n\
-             [dataplane]\nsocket = \"{}\"\ntun = \"sm0\"\nlisten_port = 51820\nworkers = {}\nbackend = \"{}\"\n\n\
+             [dataplane]\nsocket = \"{}\"\ntun = \"sm0\"\nlisten_port = 51820\nworkers = {}\nbackend = \"{}\"\npin = false\n\n\
              [control]\nadmin_socket = \"{}\"\nrekey_after_secs = {}\n",
             d.join(format!("dp{i}.sock")).display(),
             opts.workers,

@@ -249,6 +249,9 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
         "--socket".into(),
         d.socket.clone().into(),
     ];
+    if !d.pin {
+        dp_cmd.push("--no-pin".into());
+    }
     for a in &addrs {
         dp_cmd.push("--addr".into());
         dp_cmd.push(a.into());
