@@ -14,22 +14,12 @@ use shadowmesh_platform::seqpacket::{self, SeqpacketConn, SeqpacketError};
 use zeroize::Zeroizing;
 
 use super::proto::{self, DownFrame, DownMsg, Hello, Role, UpFrame, UpMsg, MAX_MSG};
-use super::IpcError;
+use super::{now, IpcError};
 
 /// Default wait for a Hello or a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most events kept while nobody reads them; older ones are dropped (counted) first.
 pub const EVENT_QUEUE_MAX: usize = 1024;
-
-/// The one place the IPC client reads the clock. The client is an I/O driver, not protocol
-/// logic: the clock only bounds how long it waits for the dataplane.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "I/O driver deadline for blocking IPC waits; no protocol state depends on it"
-)]
-fn now() -> Instant {
-    Instant::now()
-}
 
 /// A connected, greeted IPC client.
 #[derive(Debug)]

@@ -24,6 +24,16 @@ pub use proto::{
 };
 pub use server::{IpcCounters, IpcHandler, IpcServer, IpcWaker, MemoryHandler, StopReason};
 
+/// The one place the IPC reads the clock. The IPC threads are I/O drivers, not protocol logic:
+/// the clock only bounds how long they wait (for a reply, for a Hello).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "I/O driver deadlines for blocking IPC waits; no protocol state depends on them"
+)]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// Errors of the IPC server and client.
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {

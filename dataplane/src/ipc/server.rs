@@ -24,7 +24,7 @@ use shadowmesh_platform::seqpacket::{
 use zeroize::{Zeroize, Zeroizing};
 
 use super::proto::{self, DownFrame, DownMsg, ErrorCode, Hello, Role, UpFrame, UpMsg, MAX_MSG};
-use super::IpcError;
+use super::{now, IpcError};
 
 /// Longest sleep between looks at the event channel and the stop flag. Bounds both the stop
 /// latency and the delay of an event that arrives while the socket is idle.
@@ -114,16 +114,6 @@ struct Client {
     role: Option<Role>,
     /// When it was accepted.
     since: Instant,
-}
-
-/// The one place the IPC server reads the clock: it only bounds how long a new connection
-/// may take to greet; no protocol state depends on it.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "I/O driver deadline for an IPC Hello; no protocol state depends on it"
-)]
-fn now() -> Instant {
-    Instant::now()
 }
 
 /// The connections the server holds.
