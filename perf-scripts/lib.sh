@@ -53,8 +53,8 @@ base_prereqs() {
     fi
     # Extra shadowmesh-dataplane flags (split on spaces; printed in the results header).
     # Default --no-pin: both nodes share this machine's cores, and pinning each node's worker i
-    # to core i stacks a flow's sender and receiver on one core while another idles (measured:
-    # 20-45 % less TCP throughput pinned on 2 vCPUs). On a real deployment, one node per
+    # to core i stacks a flow's sender and receiver on one core while another idles (measured
+    # on 2 vCPUs, pinned against unpinned: 7-36 % less TCP throughput). On a real deployment, one node per
     # machine, the dataplane's default (pinned) is right. SHADOWMESH_DP_ARGS="" measures pinned.
     read -r -a DP_EXTRA <<<"${SHADOWMESH_DP_ARGS---no-pin}"
     "$SM" bench echo-client --help >/dev/null 2>&1 \

@@ -232,16 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         w.rx_packets, w.rx_bytes, w.tx_packets, w.tx_bytes, w.uring_enters
                     );
                 }
-                for cause in DropCause::ALL {
-                    let n = w.drops[cause.index()];
-                    if n > 0 {
-                        if raw {
-                            println!("worker={i} drop_{}={n}", cause.name());
-                        } else {
-                            println!("  dropped {n}: {}", cause.name());
-                        }
-                    }
-                }
+                print_drops(&w.drops, &format!("worker={i}"), raw);
             }
             for p in &stats.peers {
                 if raw {
@@ -255,18 +246,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         p.peer, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
                     );
                 }
-                for cause in DropCause::ALL {
-                    let n = p.drops[cause.index()];
-                    if n > 0 {
-                        if raw {
-                            println!("peer={} drop_{}={n}", p.peer, cause.name());
-                        } else {
-                            println!("  dropped {n}: {}", cause.name());
-                        }
-                    }
-                }
+                print_drops(&p.drops, &format!("peer={}", p.peer), raw);
             }
             Ok(())
+        }
+    }
+}
+
+/// Prints the non-zero drop counters of one worker or peer (`key` starts each raw line).
+fn print_drops(drops: &[u64], key: &str, raw: bool) {
+    for cause in DropCause::ALL {
+        let n = drops.get(cause.index()).copied().unwrap_or(0);
+        if n == 0 {
+            continue;
+        }
+        if raw {
+            println!("{key} drop_{}={n}", cause.name());
+        } else {
+            println!("  dropped {n}: {}", cause.name());
         }
     }
 }

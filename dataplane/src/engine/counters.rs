@@ -130,6 +130,13 @@ impl WorkerTotals {
         self.drops[cause as usize] += 1;
     }
 
+    /// Counts one drop here and against the peer it concerns.
+    #[inline]
+    pub fn drop_for(&mut self, peer: &PeerCounters, cause: DropCause) {
+        self.drop(cause);
+        peer.count_drop(cause);
+    }
+
     /// Adds another worker's totals (for a node-wide sum).
     pub fn add(&mut self, o: &WorkerTotals) {
         self.tun_rx_packets += o.tun_rx_packets;

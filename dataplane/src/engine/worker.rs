@@ -370,9 +370,7 @@ impl<I: PacketIo> Worker<I> {
                         let range = match session.open(bytes, now) {
                             Ok(r) => r,
                             Err(e) => {
-                                let cause = e.into();
-                                self.totals.drop(cause);
-                                entry.counters.count_drop(cause);
+                                self.totals.drop_for(&entry.counters, e.into());
                                 continue;
                             }
                         };
@@ -396,19 +394,18 @@ impl<I: PacketIo> Worker<I> {
                         let plain = dgram.start + range.start..dgram.start + range.end;
                         let Some(inner_src) = bytes.get(range.clone()).and_then(wire::inner_src)
                         else {
-                            self.totals.drop(DropCause::BadInnerPacket);
-                            entry.counters.count_drop(DropCause::BadInnerPacket);
+                            self.totals
+                                .drop_for(&entry.counters, DropCause::BadInnerPacket);
                             continue;
                         };
                         if !self.tables.routes.allows(peer, inner_src) {
-                            self.totals.drop(DropCause::SourceNotAllowed);
-                            entry.counters.count_drop(DropCause::SourceNotAllowed);
+                            self.totals
+                                .drop_for(&entry.counters, DropCause::SourceNotAllowed);
                             continue;
                         }
                         if self.plain.len() == self.plain.capacity() {
                             // More datagrams than one GRO batch can hold (the kernel sends 64).
-                            self.totals.drop(DropCause::NoBuffer);
-                            entry.counters.count_drop(DropCause::NoBuffer);
+                            self.totals.drop_for(&entry.counters, DropCause::NoBuffer);
                             continue;
                         }
                         PeerCounters::bump(&entry.counters.rx_packets, 1);

@@ -5,8 +5,9 @@
 //! It owns the connection's life cycle (peer check; Hello; a new control connection replacing
 //! the old one only once its Hello arrives, so neither an observer nor a client that connects
 //! and never greets can displace the control plane) and the server-side counters. It must
-//! never block the engine: events come over a bounded channel (when the client reads slowly they wait there, so a full channel is the
-//! engine's signal to count a drop; with no client they are dropped and counted here). It
+//! never block the engine: events come over a bounded channel (when the client reads slowly
+//! they wait there, so a full channel is the engine's signal to count a drop; with no client
+//! they are dropped and counted here). It
 //! never logs message contents (keys) and never busy-spins: it sleeps in `poll` on the
 //! listener, the client and an optional wake-up pipe ([`IpcServer::waker`]) for at most
 //! [`POLL_INTERVAL`] between looks at the event channel and the stop flag.
@@ -390,14 +391,15 @@ impl IpcServer {
     /// Moves a greeted newcomer into its slot: a control connection replaces the old one,
     /// an observer the old observer.
     fn promote_newcomer(&self, conns: &mut Conns) {
-        let role = conns.newcomer.as_ref().and_then(|c| c.role);
-        let slot = match role {
-            Some(Role::Control) => &mut conns.control,
-            Some(Role::Observer) => &mut conns.observer,
-            _ => return,
-        };
-        let Some(new) = conns.newcomer.take() else {
+        let Some(new) = conns.newcomer.take_if(|c| c.role.is_some()) else {
             return;
+        };
+        // `on_hello` admits only these two roles.
+        let role = new.role;
+        let slot = if role == Some(Role::Control) {
+            &mut conns.control
+        } else {
+            &mut conns.observer
         };
         match slot.take() {
             Some(old) => tracing::info!(
