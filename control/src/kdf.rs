@@ -20,7 +20,7 @@ pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
 
 /// The protocol name hashed into the initial state (changing any primitive changes the name).
-pub const PROTOCOL_NAME: &[u8] = b"ShadowMesh_pqIK_v1_X25519_MLKEM1024_HKDF-SHA384_AES256GCM";
+pub const PROTOCOL_NAME: &[u8] = b"ShadowMesh_pqIK_v2_X25519_MLKEM1024_HKDF-SHA384_AES256GCM";
 
 struct Len(usize);
 impl KeyType for Len {

@@ -8,10 +8,12 @@
 pub mod api;
 pub mod armor;
 pub mod cert;
+pub mod clock;
 pub mod config;
 pub mod cookie;
 pub mod daemon;
 pub mod handshake;
 pub mod identity;
 pub mod kdf;
+pub mod ratelimit;
 pub mod transport;

@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
+use shadowmesh_control::clock::Now;
 use shadowmesh_control::config::Config;
 use shadowmesh_control::daemon;
 
@@ -24,16 +26,22 @@ struct Args {
     check: bool,
 }
 
-/// The binary's one clock: wall-clock time since the Unix epoch (certificate validity and
-/// handshake timestamps are wall-clock).
+/// The binary's one clock: monotonic time since the process started (every timer) and
+/// wall-clock time since the Unix epoch (certificate validity and handshake timestamps).
 #[expect(
     clippy::disallowed_methods,
     reason = "the binary's single clock wrapper"
 )]
-fn clock() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+fn clock() -> Now {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    Now {
+        // Offset by a day so that "never" (zero) is far in the past for every timer.
+        mono: Instant::now().duration_since(start) + Duration::from_secs(86_400),
+        wall: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO),
+    }
 }
 
 fn main() {
@@ -56,7 +64,7 @@ fn real_main() -> anyhow::Result<()> {
     if args.check {
         loaded
             .cert
-            .verify(&loaded.ca, clock().as_secs())
+            .verify(&loaded.ca, clock().wall.as_secs())
             .with_context(|| format!("{}", loaded.config.node.cert.display()))?;
         println!("configuration, key and certificates OK");
         return Ok(());
@@ -65,7 +73,10 @@ fn real_main() -> anyhow::Result<()> {
     // thread takes the signals with sigwait.
     shadowmesh_platform::signal::block_termination_signals()
         .context("blocking termination signals")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two threads: the daemon's loop (handshake crypto) on this one, the admin API on the
+    // worker, so that an initiation flood never delays the API.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

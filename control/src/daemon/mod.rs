@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiCall, DataplaneInfo, HandshakeInfo, NodeInfo, PeerInfo, StatusReply};
 use crate::cert::{CaPublic, CertError, NodeCert};
+use crate::clock::Now;
 use crate::config::{Config, ConfigError};
 use crate::identity::{hex, Identity, IdentityError};
 use ipc_bridge::{Bridge, BridgeEvent};
@@ -138,10 +139,11 @@ fn snapshot(
     name: &str,
     connected: bool,
     socket: &str,
-    now: Duration,
+    now: Now,
 ) -> StatusReply {
     let cert = d.my_cert();
     let st = d.stats();
+    let now = now.mono;
     let secs = |t: Duration| now.saturating_sub(t).as_secs();
     StatusReply {
         node: NodeInfo {
@@ -228,13 +230,39 @@ fn wait_signals(tx: &mpsc::Sender<i32>) {
     }
 }
 
+/// How often, at most, the loop republishes the status the admin API serves.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Answers the admin API's status requests from the last published snapshot, so a busy
+/// handshake loop never delays them; connect/disconnect go on to the loop.
+async fn serve_calls(
+    mut calls: mpsc::Receiver<ApiCall>,
+    to_loop: mpsc::Sender<ApiCall>,
+    status: tokio::sync::watch::Receiver<StatusReply>,
+) {
+    while let Some(call) = calls.recv().await {
+        match call {
+            ApiCall::Snapshot(tx) => {
+                let _ = tx.send(status.borrow().clone());
+            }
+            other => {
+                if to_loop.send(other).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the control plane until SIGTERM/SIGINT. The caller must have blocked the termination
-/// signals (`shadowmesh_platform::signal::block_termination_signals`) before starting threads. `clock` returns the time since the Unix
-/// epoch (the binary's one clock).
+/// signals (`shadowmesh_platform::signal::block_termination_signals`) before starting threads,
+/// and runs this on a multi-threaded runtime: this loop does the handshake crypto, while the
+/// admin API and its status answers run on the runtime's other thread. `clock` is the
+/// binary's one clock.
 ///
 /// # Errors
 /// Start-up failures ([`DaemonError`]); once running, problems are logged and retried.
-pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonError> {
+pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> {
     let Loaded {
         config,
         identity,
@@ -270,31 +298,75 @@ pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonEr
         config.control.admin_socket.display()
     )))?;
     info!(admin = %config.control.admin_socket.display(), "admin API listening");
+    let socket_name = config.dataplane.socket.display().to_string();
+    let mut connected = false;
+    let (status_tx, status_rx) = tokio::sync::watch::channel(snapshot(
+        &driver,
+        &config.node.name,
+        connected,
+        &socket_name,
+        now,
+    ));
+    let (api_tx, api_rx) = mpsc::channel(64);
     let (call_tx, mut call_rx) = mpsc::channel(64);
-    let api_task = tokio::spawn(api::serve(listener, call_tx, bridge.clone()));
+    let api_task = tokio::spawn(api::serve(listener, api_tx, bridge.clone()));
+    let calls_task = tokio::spawn(serve_calls(api_rx, call_tx, status_rx));
     let (sig_tx, mut sig_rx) = mpsc::channel(1);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || wait_signals(&sig_tx))
         .map_err(io("starting the signal thread"))?;
 
-    let socket_name = config.dataplane.socket.display().to_string();
-    let mut connected = false;
     let send_all = |bridge: &Bridge, msgs: Vec<_>| {
         for m in msgs {
             bridge.send(m);
         }
     };
+    let mut published = now.mono;
     loop {
         let now = clock();
+        if now.mono.saturating_sub(published) >= SNAPSHOT_INTERVAL {
+            published = now.mono;
+            let s = snapshot(&driver, &config.node.name, connected, &socket_name, now);
+            let _ = status_tx.send(s);
+        }
         // Timers run only while the dataplane is there (below); without it, past deadlines
-        // would otherwise spin this loop.
+        // would otherwise spin this loop. Never sleep past the next status refresh.
         let wait = if connected {
-            driver.poll_timeout(now).saturating_sub(now)
+            driver.poll_timeout(now).saturating_sub(now.mono)
         } else {
             Duration::from_secs(1)
-        };
+        }
+        .min(SNAPSHOT_INTERVAL);
         tokio::select! {
+            // Signals and timers first: a flood of datagrams must not starve them.
+            biased;
+            sig = sig_rx.recv() => {
+                info!(signal = sig.unwrap_or(0), "stopping (the dataplane keeps its sessions)");
+                break;
+            }
+            () = tokio::time::sleep(wait) => {
+                // Without a dataplane nothing can be sent: no handshakes until it is back.
+                if connected {
+                    send_all(&bridge, driver.handle_timeout(clock()));
+                }
+            }
+            call = call_rx.recv() => match call {
+                Some(ApiCall::Snapshot(tx)) => {
+                    let _ = tx.send(snapshot(&driver, &config.node.name, connected, &socket_name, clock()));
+                }
+                Some(ApiCall::Connect(name, tx)) => {
+                    let r = driver.connect(&name, clock()).map(|m| send_all(&bridge, m));
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                    published = Duration::ZERO;
+                }
+                Some(ApiCall::Disconnect(name, tx)) => {
+                    let r = driver.disconnect(&name).map(|m| send_all(&bridge, m));
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                    published = Duration::ZERO;
+                }
+                None => break,
+            },
             ev = ev_rx.recv() => match ev {
                 Some(BridgeEvent::Connected) => {
                     connected = true;
@@ -313,33 +385,10 @@ pub async fn run(loaded: Loaded, clock: fn() -> Duration) -> Result<(), DaemonEr
                     break;
                 }
             },
-            call = call_rx.recv() => match call {
-                Some(ApiCall::Snapshot(tx)) => {
-                    let _ = tx.send(snapshot(&driver, &config.node.name, connected, &socket_name, clock()));
-                }
-                Some(ApiCall::Connect(name, tx)) => {
-                    let r = driver.connect(&name, clock()).map(|m| send_all(&bridge, m));
-                    let _ = tx.send(r.map_err(|e| e.to_string()));
-                }
-                Some(ApiCall::Disconnect(name, tx)) => {
-                    let r = driver.disconnect(&name).map(|m| send_all(&bridge, m));
-                    let _ = tx.send(r.map_err(|e| e.to_string()));
-                }
-                None => break,
-            },
-            () = tokio::time::sleep(wait) => {
-                // Without a dataplane nothing can be sent: no handshakes until it is back.
-                if connected {
-                    send_all(&bridge, driver.handle_timeout(clock()));
-                }
-            }
-            sig = sig_rx.recv() => {
-                info!(signal = sig.unwrap_or(0), "stopping (the dataplane keeps its sessions)");
-                break;
-            }
         }
     }
     api_task.abort();
+    calls_task.abort();
     let _ = std::fs::remove_file(&config.control.admin_socket);
     Ok(())
 }

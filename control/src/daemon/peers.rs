@@ -5,7 +5,7 @@
 //! Owns peer bookkeeping only; it never talks to the dataplane or reads a clock, and it never
 //! logs key material (sessions' keys stay in `Zeroizing` storage inside `InstallSession`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::identity::hex;
 pub struct SessionRecord {
     /// What was installed (keys included, zeroized on drop).
     pub install: InstallSession,
-    /// When the handshake completed (since the Unix epoch).
+    /// When the handshake took effect (monotonic time).
     pub established_at: Duration,
     /// True if we initiated it.
     pub initiator: bool,
@@ -117,41 +117,57 @@ impl Peer {
     }
 }
 
-/// Peers by dataplane id, with lookups by node id and name.
+/// Peers by dataplane id, with lookups by node id and name. Ids start at 1 and are never
+/// reused; an id can be reserved (for a node whose handshake is not confirmed yet) before the
+/// peer is inserted under it.
 #[derive(Debug, Default)]
 pub struct PeerTable {
-    peers: Vec<Peer>,
+    peers: BTreeMap<u32, Peer>,
     by_node: HashMap<[u8; 32], u32>,
+    last_id: u32,
 }
 
 impl PeerTable {
-    /// Adds a peer and returns its id; `None` if its node id is already present.
+    /// Adds a peer under a new id and returns it; `None` if its node id is already present.
     pub fn add(
         &mut self,
         name: String,
         cert: NodeCert,
         endpoint: Option<SocketAddr>,
     ) -> Option<u32> {
-        let node_id = cert.node_id();
-        if self.by_node.contains_key(&node_id) {
+        if self.by_node.contains_key(&cert.node_id()) {
             return None;
         }
-        let id = u32::try_from(self.peers.len()).ok()?.checked_add(1)?;
-        self.peers.push(Peer::new(id, name, cert, endpoint));
-        self.by_node.insert(node_id, id);
-        Some(id)
+        let id = self.reserve_id();
+        self.insert(Peer::new(id, name, cert, endpoint)).then_some(id)
+    }
+
+    /// A fresh id, not used by any peer yet (and never handed out again).
+    pub fn reserve_id(&mut self) -> u32 {
+        self.last_id = self.last_id.saturating_add(1);
+        self.last_id
+    }
+
+    /// Inserts `peer` under its own (reserved) id; false if that id or its node id is taken.
+    pub fn insert(&mut self, peer: Peer) -> bool {
+        if self.peers.contains_key(&peer.id) || self.by_node.contains_key(&peer.node_id) {
+            return false;
+        }
+        self.last_id = self.last_id.max(peer.id);
+        self.by_node.insert(peer.node_id, peer.id);
+        self.peers.insert(peer.id, peer);
+        true
     }
 
     /// Peer by dataplane id.
     #[must_use]
     pub fn get(&self, id: u32) -> Option<&Peer> {
-        self.peers.get(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.peers.get(&id)
     }
 
     /// Mutable peer by dataplane id.
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Peer> {
-        self.peers
-            .get_mut(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.peers.get_mut(&id)
     }
 
     /// Peer id by node id.
@@ -164,13 +180,13 @@ impl PeerTable {
     #[must_use]
     pub fn by_name(&self, name: &str) -> Option<u32> {
         self.peers
-            .iter()
+            .values()
             .find(|p| p.name == name)
             .or_else(|| {
                 (name.len() >= 8)
                     .then(|| {
                         self.peers
-                            .iter()
+                            .values()
                             .find(|p| hex(&p.node_id).starts_with(name))
                     })
                     .flatten()
@@ -180,12 +196,12 @@ impl PeerTable {
 
     /// All peers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.iter()
+        self.peers.values()
     }
 
     /// All peers, mutable.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
-        self.peers.iter_mut()
+        self.peers.values_mut()
     }
 
     /// Number of peers.
@@ -198,6 +214,24 @@ impl PeerTable {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
+    }
+}
+
+/// Whether two prefixes share any address (one contains the other); different families never
+/// overlap.
+#[must_use]
+pub fn prefixes_overlap(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
+    let len = a.1.min(b.1);
+    match (a.0, b.0) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            u32::from(x) & mask == u32::from(y) & mask
+        }
+        (IpAddr::V6(x), IpAddr::V6(y)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            u128::from(x) & mask == u128::from(y) & mask
+        }
+        _ => false,
     }
 }
 
@@ -215,4 +249,27 @@ pub fn refill(rec: &SessionRecord, now: Duration) -> InstallSession {
         m.slot = Slot::Next;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefixes_overlap;
+
+    fn p(s: &str) -> (std::net::IpAddr, u8) {
+        let (a, l) = s.split_once('/').unwrap();
+        (a.parse().unwrap(), l.parse().unwrap())
+    }
+
+    #[test]
+    fn overlap_is_containment_either_way() {
+        assert!(prefixes_overlap(p("100.64.0.2/32"), p("100.64.0.2/32")));
+        assert!(prefixes_overlap(p("100.64.0.0/10"), p("100.64.0.2/32")));
+        assert!(prefixes_overlap(p("100.64.0.2/32"), p("100.64.0.0/10")));
+        assert!(!prefixes_overlap(p("100.64.0.2/32"), p("100.64.0.3/32")));
+        assert!(prefixes_overlap(p("0.0.0.0/0"), p("198.51.100.1/32")));
+        assert!(prefixes_overlap(p("fd00::/64"), p("fd00::2/128")));
+        assert!(!prefixes_overlap(p("fd00::2/128"), p("fd00::3/128")));
+        assert!(prefixes_overlap(p("::/0"), p("fd00::3/128")));
+        assert!(!prefixes_overlap(p("100.64.0.2/32"), p("fd00::2/128")));
+    }
 }

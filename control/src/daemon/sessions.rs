@@ -4,16 +4,24 @@
 //! Sans-IO, in the quinn-proto style: feed it with [`Driver::handle_event`] /
 //! [`Driver::handle_timeout`] / [`Driver::on_connected`] / [`Driver::connect`] /
 //! [`Driver::disconnect`]; each returns the [`DownMsg`]s to send to the dataplane, in order.
-//! [`Driver::poll_timeout`] says when to call `handle_timeout` next. `now` is always the time
-//! since the Unix epoch (certificates and handshake timestamps are in wall-clock time).
+//! [`Driver::poll_timeout`] says when to call `handle_timeout` next. `now` is a [`Now`]: every
+//! timer runs on its monotonic part; its wall-clock part is used only for certificate validity
+//! and handshake timestamps, so a jump of the wall clock moves no timer.
 //!
 //! Policy it owns: one initiation in flight per peer (retransmitted as a *new* M1 on the
 //! transport's backoff, abandoned after its last retry and tried again later), a handshake for
 //! every enabled peer without a live session, a rekey when the latest session is older than
-//! `rekey_after` (or the dataplane asks), responder sessions installed as `Next` and initiator
-//! sessions as `Current`, a tie-break for simultaneous initiations (the node with the larger
-//! node id yields), random unique session indices. It never reads a clock, opens a socket or
-//! logs key material.
+//! `rekey_after` (or the dataplane asks), initiator sessions installed as `Current`, a
+//! tie-break for simultaneous initiations (the node with the smaller node id does not answer),
+//! random unique session indices.
+//!
+//! As responder it commits **nothing** on an initiation (M1): the session goes to the
+//! dataplane as one of up to [`MAX_PENDING_PER_PEER`] pending (`Next`) sessions, with no
+//! route, endpoint, dynamic peer, timestamp, record rotation or cancelled initiation, until the
+//! dataplane reports key confirmation (`handle_session_confirmed`: the initiator's first data
+//! packet authenticated under the new keys). Unconfirmed sessions expire after
+//! [`PENDING_TIMEOUT`]. So an initiation forged from public certificates changes no state
+//! that outlives it. It never reads a clock, opens a socket or logs key material.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,15 +31,17 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
 use tracing::{debug, info, warn};
 
-use super::peers::{refill, PeerTable, SessionRecord};
+use super::peers::{prefixes_overlap, refill, PeerTable, SessionRecord};
 use super::DaemonError;
 use crate::cert::{CaPublic, NodeCert};
+pub use crate::clock::Now;
 use crate::handshake::messages::{KIND_COOKIE_REPLY, KIND_INITIATION, KIND_RESPONSE};
 use crate::handshake::{
-    CipherChoice, Established, Initiator, InitiatorEvent, InitiatorOptions, InitiatorState,
-    Responder, ResponderOutput,
+    Admission, CipherChoice, Commit, Established, Initiator, InitiatorEvent, InitiatorOptions,
+    InitiatorState, Responder, ResponderOutput,
 };
 use crate::identity::Identity;
+use crate::ratelimit::RateLimiter;
 use crate::transport::{
     fragment, Reassembler, ReassemblyLimits, RetransmitConfig, RetransmitEvent, Retransmitter,
     KIND_HANDSHAKE,
@@ -40,6 +50,19 @@ use crate::transport::{
 /// How long past the rekey time the responder of a session waits for its initiator to renew
 /// it before initiating itself.
 pub const RESPONDER_GRACE: Duration = Duration::from_secs(15);
+
+/// Pending (unconfirmed) responder sessions kept per peer: a forged initiation takes one slot
+/// and never displaces the others; the oldest goes first when all are taken. Matches the
+/// dataplane's `session::MAX_PENDING`.
+pub const MAX_PENDING_PER_PEER: usize = 8;
+/// Pending responder sessions kept in all (bounds memory and dataplane state under a flood).
+pub const MAX_PENDING_TOTAL: usize = 1024;
+/// Nodes we have not configured that may hold pending sessions at once.
+pub const MAX_CANDIDATES: usize = 256;
+/// How long a responder session may wait for key confirmation. The initiator sends a
+/// keepalive as soon as it installs the session (one round trip); its own retransmissions
+/// start a new handshake after 1 s anyway.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tunables of the driver.
 #[derive(Debug, Clone, Copy)]
@@ -97,11 +120,36 @@ pub struct DriverStats {
     pub dropped_datagrams: u64,
     /// Initiations abandoned after the last retry.
     pub gave_up: u64,
+    /// Initiations refused by the per-source rate limit (under load, proven sources).
+    pub rate_limited: u64,
+    /// Responder sessions never confirmed by their initiator (forged, or their peer went away).
+    pub pending_expired: u64,
+    /// Confirmations refused because the peer's routes overlap another peer's.
+    pub route_conflicts: u64,
 }
 
 struct Pending<'a> {
     peer: u32,
     state: InitiatorState<'a>,
+}
+
+/// A responder session handed to the dataplane as `Next`, waiting for key confirmation.
+struct PendingResponder {
+    /// The dataplane peer id it was installed under (a configured or confirmed peer, or a
+    /// reserved id for a node we do not know yet).
+    peer: u32,
+    /// True when `peer` is a reserved id: the node joins the peer table only on confirmation.
+    candidate: bool,
+    /// Where the initiation came from.
+    src: SocketAddr,
+    /// The initiator's verified certificate.
+    cert: NodeCert,
+    /// What the responder commits on confirmation.
+    commit: Commit,
+    /// What was installed (for the record, and to refill a restarted dataplane).
+    install: InstallSession,
+    /// When it was installed (monotonic).
+    created: Duration,
 }
 
 /// The handshake driver for one local identity.
@@ -116,11 +164,37 @@ pub struct Driver<'a> {
     pending: HashMap<u32, Pending<'a>>,
     used_indices: HashSet<u32>,
     peers: PeerTable,
+    /// Unconfirmed responder sessions by local index.
+    pending_resp: HashMap<u32, PendingResponder>,
+    /// Reserved peer ids of unconfigured nodes that hold pending sessions, by node id.
+    candidates: HashMap<[u8; 32], u32>,
+    ratelimit: RateLimiter,
+    /// The last handshake timestamp we sent (wall time): later ones are strictly greater, even
+    /// after the wall clock jumped back.
+    last_timestamp: Duration,
     settings: Settings,
     rng: SystemRandom,
     next_msg_id: u32,
-    load_window: (u64, u32),
+    load: LoadMeter,
     stats: DriverStats,
+}
+
+/// Counts mac1-valid initiations per second of monotonic time: the "under load" signal.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    window: (u64, u32),
+    threshold: u32,
+}
+
+impl LoadMeter {
+    fn hit(&mut self, mono: Duration) -> bool {
+        let sec = mono.as_secs();
+        if self.window.0 != sec {
+            self.window = (sec, 0);
+        }
+        self.window.1 = self.window.1.saturating_add(1);
+        self.window.1 > self.threshold
+    }
 }
 
 impl std::fmt::Debug for Driver<'_> {
@@ -151,10 +225,11 @@ impl<'a> Driver<'a> {
         ca: CaPublic,
         peers: Vec<PeerSpec>,
         settings: Settings,
-        now: Duration,
+        now: impl Into<Now>,
     ) -> Result<Self, DaemonError> {
+        let now = now.into();
         my_cert
-            .verify(&ca, now.as_secs())
+            .verify(&ca, now.wall.as_secs())
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
         let responder = Responder::new(identity, &my_cert, &ca)
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
@@ -173,14 +248,21 @@ impl<'a> Driver<'a> {
             pending: HashMap::new(),
             used_indices: HashSet::new(),
             peers: PeerTable::default(),
+            pending_resp: HashMap::new(),
+            candidates: HashMap::new(),
+            ratelimit: RateLimiter::default(),
+            last_timestamp: Duration::ZERO,
             settings,
             rng,
             next_msg_id: u32::from_le_bytes(seed),
-            load_window: (0, 0),
+            load: LoadMeter {
+                window: (0, 0),
+                threshold: settings.load_threshold,
+            },
             stats: DriverStats::default(),
         };
         for p in peers {
-            if let Err(e) = p.cert.verify(&d.ca, now.as_secs()) {
+            if let Err(e) = p.cert.verify(&d.ca, now.wall.as_secs()) {
                 warn!(endpoint = %p.endpoint, "peer certificate refused: {e}");
                 continue;
             }
@@ -190,7 +272,7 @@ impl<'a> Driver<'a> {
             }
             let name = p.name.unwrap_or_else(|| p.cert.body.name.clone());
             // Verified just above; a failure here cannot happen and would only cost a full-cert M1.
-            let _ = d.responder.cache_cert(p.cert.clone(), now);
+            let _ = d.responder.cache_cert(p.cert.clone(), now.wall);
             if d.peers.add(name, p.cert, Some(p.endpoint)).is_none() {
                 warn!(endpoint = %p.endpoint, "the same peer certificate is configured twice");
             }
@@ -222,10 +304,24 @@ impl<'a> Driver<'a> {
         &self.settings
     }
 
-    /// The dataplane (re)connected: routes and endpoints of every enabled peer, then every
-    /// live session again (a restarted dataplane has none).
+    /// Responder sessions waiting for key confirmation.
     #[must_use]
-    pub fn on_connected(&mut self, now: Duration) -> Vec<DownMsg> {
+    pub fn pending_responder_sessions(&self) -> usize {
+        self.pending_resp.len()
+    }
+
+    /// The responder (read-only: committed timestamps, cache, counters).
+    #[must_use]
+    pub fn responder(&self) -> &Responder<'a> {
+        &self.responder
+    }
+
+    /// The dataplane (re)connected: routes and endpoints of every enabled peer, then every
+    /// live session again (a restarted dataplane has none), pending responder sessions
+    /// included.
+    #[must_use]
+    pub fn on_connected(&mut self, now: impl Into<Now>) -> Vec<DownMsg> {
+        let now = now.into().mono;
         let mut out = Vec::new();
         let reject = self.settings.reject_after;
         for p in self.peers.iter().filter(|p| p.enabled) {
@@ -246,12 +342,20 @@ impl<'a> Driver<'a> {
                 }
             }
         }
+        let mut pending: Vec<&PendingResponder> = self.pending_resp.values().collect();
+        pending.sort_by_key(|p| p.created);
+        out.extend(
+            pending
+                .into_iter()
+                .map(|p| DownMsg::InstallSession(p.install.clone())),
+        );
         out
     }
 
     /// Handles one event from the dataplane.
     #[must_use]
-    pub fn handle_event(&mut self, ev: UpMsg, now: Duration) -> Vec<DownMsg> {
+    pub fn handle_event(&mut self, ev: UpMsg, now: impl Into<Now>) -> Vec<DownMsg> {
+        let now = now.into();
         let mut out = Vec::new();
         match ev {
             UpMsg::ControlReceived { src, payload } => {
@@ -262,7 +366,7 @@ impl<'a> Driver<'a> {
                     p.enabled
                         && p.in_flight.is_none()
                         && p.last_started.is_none_or(|t| {
-                            now.saturating_sub(t) >= self.settings.on_demand_interval
+                            now.mono.saturating_sub(t) >= self.settings.on_demand_interval
                         })
                 });
                 if due {
@@ -282,7 +386,8 @@ impl<'a> Driver<'a> {
                         && p.session.as_ref().is_some_and(|s| {
                             s.install.local_index == local_index
                                 && (s.initiator
-                                    || s.age(now) >= self.settings.rekey_after + RESPONDER_GRACE)
+                                    || s.age(now.mono)
+                                        >= self.settings.rekey_after + RESPONDER_GRACE)
                         })
                 });
                 if due {
@@ -302,20 +407,31 @@ impl<'a> Driver<'a> {
 
     /// Feeds one received control datagram (type byte 5).
     #[must_use]
-    pub fn handle_datagram(&mut self, src: SocketAddr, d: &[u8], now: Duration) -> Vec<DownMsg> {
+    pub fn handle_datagram(
+        &mut self,
+        src: SocketAddr,
+        d: &[u8],
+        now: impl Into<Now>,
+    ) -> Vec<DownMsg> {
         let mut out = Vec::new();
-        self.on_datagram(src, d, now, &mut out);
+        self.on_datagram(src, d, now.into(), &mut out);
         out
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) wants to run next (at the latest one
-    /// second from `now`: the peer timers are checked once a second).
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run next, in monotonic time (at
+    /// the latest one second from `now`: the peer timers are checked once a second).
     #[must_use]
-    pub fn poll_timeout(&self, now: Duration) -> Duration {
-        let tick = now + Duration::from_secs(1);
+    pub fn poll_timeout(&self, now: impl Into<Now>) -> Duration {
+        let tick = now.into().mono + Duration::from_secs(1);
+        let pending = self
+            .pending_resp
+            .values()
+            .map(|p| p.created + PENDING_TIMEOUT)
+            .min();
         [
             self.retransmit.poll_timeout(),
             self.reassembler.poll_timeout(),
+            pending,
         ]
         .into_iter()
         .flatten()
@@ -323,13 +439,15 @@ impl<'a> Driver<'a> {
     }
 
     /// Runs the timers due at `now`: retransmissions and give-ups, reassembly timeouts,
-    /// handshakes for peers without a live session, time-based rekeys, forgetting expired
-    /// sessions.
+    /// unconfirmed responder sessions, handshakes for peers without a live session, time-based
+    /// rekeys, forgetting expired sessions. All on the monotonic clock.
     #[must_use]
-    pub fn handle_timeout(&mut self, now: Duration) -> Vec<DownMsg> {
+    pub fn handle_timeout(&mut self, now: impl Into<Now>) -> Vec<DownMsg> {
+        let now = now.into();
+        let mono = now.mono;
         let mut out = Vec::new();
-        self.reassembler.handle_timeout(now);
-        for ev in self.retransmit.handle_timeout(now) {
+        self.reassembler.handle_timeout(mono);
+        for ev in self.retransmit.handle_timeout(mono) {
             match ev {
                 RetransmitEvent::Retransmit { key, attempt } => {
                     debug!(
@@ -338,9 +456,10 @@ impl<'a> Driver<'a> {
                     );
                     self.initiate(key, now, true, &mut out);
                 }
-                RetransmitEvent::GiveUp { key } => self.give_up(key, now),
+                RetransmitEvent::GiveUp { key } => self.give_up(key, mono),
             }
         }
+        self.expire_pending(mono, &mut out);
         let reject = self.settings.reject_after;
         let rekey = self.settings.rekey_after;
         let mut due = Vec::new();
@@ -349,7 +468,7 @@ impl<'a> Driver<'a> {
             for slot in [&mut p.previous, &mut p.session] {
                 if slot
                     .as_ref()
-                    .is_some_and(|s| s.age(now) >= reject + Duration::from_secs(10))
+                    .is_some_and(|s| s.age(mono) >= reject + Duration::from_secs(10))
                 {
                     if let Some(s) = slot.take() {
                         self.used_indices.remove(&s.install.local_index);
@@ -360,11 +479,11 @@ impl<'a> Driver<'a> {
                 continue;
             }
             let needs = match p.session.as_ref() {
-                None => now >= p.next_attempt,
+                None => mono >= p.next_attempt,
                 // The initiator of a session renews it; the responder steps in only if the
                 // initiator has not (it may be down), so both rarely initiate at once.
-                Some(s) if s.initiator => s.age(now) >= rekey,
-                Some(s) => s.age(now) >= rekey + RESPONDER_GRACE,
+                Some(s) if s.initiator => s.age(mono) >= rekey,
+                Some(s) => s.age(mono) >= rekey + RESPONDER_GRACE,
             };
             if needs {
                 due.push(p.id);
@@ -380,7 +499,12 @@ impl<'a> Driver<'a> {
     ///
     /// # Errors
     /// [`DaemonError::UnknownPeer`].
-    pub fn connect(&mut self, name: &str, now: Duration) -> Result<Vec<DownMsg>, DaemonError> {
+    pub fn connect(
+        &mut self,
+        name: &str,
+        now: impl Into<Now>,
+    ) -> Result<Vec<DownMsg>, DaemonError> {
+        let now = now.into();
         let id = self
             .peers
             .by_name(name)
@@ -397,7 +521,7 @@ impl<'a> Driver<'a> {
                     out.push(DownMsg::SetEndpoint { peer: id, addr });
                 }
             }
-            p.next_attempt = now;
+            p.next_attempt = now.mono;
             p.failures = 0;
             if p.in_flight.is_some() {
                 return Ok(out);
@@ -424,11 +548,145 @@ impl<'a> Driver<'a> {
             freed.extend(p.session.take().map(|s| s.install.local_index));
             freed.extend(p.previous.take().map(|s| s.install.local_index));
         }
+        freed.extend(self.take_pending_of(id, None));
         for i in freed {
             self.pending.remove(&i);
             self.used_indices.remove(&i);
         }
         Ok(vec![DownMsg::RemovePeer { peer: id }])
+    }
+
+    /// The dataplane authenticated the first data packet on the pending responder session
+    /// `local_index` of `peer` (key confirmation): only now does the handshake take effect —
+    /// the responder commits the initiation's timestamp (and caches a full certificate), an
+    /// unconfigured node joins the peer table with its routes and endpoint, the peer's
+    /// session records rotate, and a crossing initiation of ours is dropped. The peer's
+    /// other pending sessions (the dataplane dropped them) are forgotten.
+    #[must_use]
+    pub fn handle_session_confirmed(
+        &mut self,
+        peer: u32,
+        local_index: u32,
+        now: impl Into<Now>,
+    ) -> Vec<DownMsg> {
+        let now = now.into();
+        let mut out = Vec::new();
+        let Some(pend) = self.pending_resp.remove(&local_index) else {
+            debug!(peer, "confirmation for no pending session (expired or replaced)");
+            return out;
+        };
+        if pend.peer != peer {
+            // Cannot happen with our own dataplane; keep the index reserved until it expires.
+            warn!(peer, "confirmation names another peer than the pending session");
+            self.pending_resp.insert(local_index, pend);
+            return out;
+        }
+        for i in self.take_pending_of(peer, Some(local_index)) {
+            self.used_indices.remove(&i);
+        }
+        self.responder.commit(&pend.commit, &pend.cert);
+        if pend.candidate {
+            self.candidates.remove(&pend.commit.peer_id);
+            if !self.admit_new_peer(&pend, &mut out) {
+                self.used_indices.remove(&local_index);
+                out.push(DownMsg::RemovePeer { peer });
+                return out;
+            }
+        }
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.in_flight.is_some())
+        {
+            // Simultaneous initiations: theirs is confirmed, so ours is superseded.
+            self.retransmit.cancel(peer);
+            self.drop_pending(peer);
+        }
+        self.stats.completed_responder += 1;
+        let cipher = pend.est_cipher();
+        self.record_session(peer, pend.install, pend.src, false, cipher, now.mono);
+        out
+    }
+
+    /// Adds a confirmed, unconfigured node to the peer table under its reserved id, with its
+    /// routes and endpoint; false (nothing added) when its routes overlap a configured or
+    /// confirmed peer's, which it must not take over.
+    fn admit_new_peer(&mut self, pend: &PendingResponder, out: &mut Vec<DownMsg>) -> bool {
+        let name = pend.cert.body.name.clone();
+        let mut probe = super::peers::Peer::new(pend.peer, name, pend.cert.clone(), None);
+        probe.dynamic = true;
+        let routes = probe.routes();
+        let clash = self.peers.iter().find(|p| {
+            p.routes()
+                .iter()
+                .any(|a| routes.iter().any(|b| prefixes_overlap(*a, *b)))
+        });
+        if let Some(other) = clash {
+            self.stats.route_conflicts += 1;
+            warn!(
+                src = %pend.src,
+                other = %other.name,
+                "new peer refused: its addresses overlap those of a known peer"
+            );
+            return false;
+        }
+        probe.endpoint = Some(pend.src);
+        if !self.peers.insert(probe) {
+            return false;
+        }
+        info!(src = %pend.src, "new peer confirmed");
+        out.push(DownMsg::SetRoutes {
+            peer: pend.peer,
+            prefixes: routes,
+        });
+        out.push(DownMsg::SetEndpoint {
+            peer: pend.peer,
+            addr: pend.src,
+        });
+        true
+    }
+
+    /// Removes the pending responder sessions of `peer` (but `keep`) from our table and
+    /// returns their local indices; the caller frees them.
+    fn take_pending_of(&mut self, peer: u32, keep: Option<u32>) -> Vec<u32> {
+        let gone: Vec<u32> = self
+            .pending_resp
+            .iter()
+            .filter(|(i, p)| p.peer == peer && Some(**i) != keep)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in &gone {
+            self.pending_resp.remove(i);
+        }
+        gone
+    }
+
+    /// Drops responder sessions whose initiator never confirmed them.
+    fn expire_pending(&mut self, mono: Duration, out: &mut Vec<DownMsg>) {
+        let expired: Vec<u32> = self
+            .pending_resp
+            .iter()
+            .filter(|(_, p)| mono.saturating_sub(p.created) >= PENDING_TIMEOUT)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in expired {
+            self.stats.pending_expired += 1;
+            self.evict_pending(i, out);
+        }
+    }
+
+    /// Forgets one pending responder session, in the dataplane too; a reserved peer id with
+    /// no pending session left is released.
+    fn evict_pending(&mut self, local_index: u32, out: &mut Vec<DownMsg>) {
+        let Some(p) = self.pending_resp.remove(&local_index) else {
+            return;
+        };
+        self.used_indices.remove(&local_index);
+        out.push(DownMsg::RemoveSession { local_index });
+        if p.candidate && !self.pending_resp.values().any(|o| o.peer == p.peer) {
+            self.candidates.remove(&p.commit.peer_id);
+            out.push(DownMsg::RemovePeer { peer: p.peer });
+        }
     }
 
     fn fresh_index(&mut self) -> Option<u32> {
@@ -465,8 +723,16 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// The timestamp for a new initiation: the wall clock, but always after the last one we
+    /// sent, so a wall clock that jumped back does not make the peer refuse us as a replay.
+    fn next_timestamp(&mut self, wall: Duration) -> Duration {
+        let t = wall.max(self.last_timestamp + Duration::from_micros(1));
+        self.last_timestamp = t;
+        t
+    }
+
     /// Starts (or, for a retry, restarts with a fresh M1) an initiation to `peer`.
-    fn initiate(&mut self, peer: u32, now: Duration, retry: bool, out: &mut Vec<DownMsg>) {
+    fn initiate(&mut self, peer: u32, now: Now, retry: bool, out: &mut Vec<DownMsg>) {
         self.drop_pending(peer);
         let Some(p) = self.peers.get(peer) else {
             return;
@@ -485,6 +751,7 @@ impl<'a> Driver<'a> {
         };
         let opts = InitiatorOptions {
             send_cert_hash,
+            timestamp: Some(self.next_timestamp(now.wall)),
             ..InitiatorOptions::default()
         };
         match Initiator::with_options(
@@ -493,7 +760,7 @@ impl<'a> Driver<'a> {
             &cert,
             &self.ca,
             index,
-            now,
+            now.wall,
             &self.rng,
             opts,
         ) {
@@ -501,10 +768,10 @@ impl<'a> Driver<'a> {
                 self.pending.insert(index, Pending { peer, state });
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.in_flight = Some(index);
-                    p.last_started = Some(now);
+                    p.last_started = Some(now.mono);
                 }
                 if !retry {
-                    self.retransmit.start(peer, now);
+                    self.retransmit.start(peer, now.mono);
                 }
                 self.stats.initiations_sent += 1;
                 self.send(dst, &m1, out);
@@ -514,18 +781,18 @@ impl<'a> Driver<'a> {
                 self.retransmit.cancel(peer);
                 warn!(endpoint = %dst, "cannot initiate: {e}");
                 if let Some(p) = self.peers.get_mut(peer) {
-                    p.next_attempt = now + self.settings.retry_later;
+                    p.next_attempt = now.mono + self.settings.retry_later;
                 }
             }
         }
     }
 
-    fn give_up(&mut self, peer: u32, now: Duration) {
+    fn give_up(&mut self, peer: u32, mono: Duration) {
         self.drop_pending(peer);
         self.stats.gave_up += 1;
         if let Some(p) = self.peers.get_mut(peer) {
             p.failures = p.failures.saturating_add(1);
-            p.next_attempt = now + self.settings.retry_later;
+            p.next_attempt = mono + self.settings.retry_later;
             // It may have lost our certificate (restart): send the full one next time.
             p.has_our_cert = false;
             info!(
@@ -537,8 +804,8 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn on_datagram(&mut self, src: SocketAddr, d: &[u8], now: Duration, out: &mut Vec<DownMsg>) {
-        let msg = match self.reassembler.handle_datagram(src, d, now) {
+    fn on_datagram(&mut self, src: SocketAddr, d: &[u8], now: Now, out: &mut Vec<DownMsg>) {
+        let msg = match self.reassembler.handle_datagram(src, d, now.mono) {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -568,35 +835,50 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn under_load(&mut self, now: Duration) -> bool {
-        let sec = now.as_secs();
-        if self.load_window.0 != sec {
-            self.load_window = (sec, 0);
+    fn on_initiation(&mut self, src: SocketAddr, m1: &[u8], now: Now, out: &mut Vec<DownMsg>) {
+        let load = &mut self.load;
+        let admitted = self
+            .responder
+            .admit(m1, src, now.wall, &mut || load.hit(now.mono));
+        match admitted {
+            Ok(Admission::CookieReply(reply)) => {
+                self.send(src, &reply, out);
+                return;
+            }
+            Ok(Admission::Proceed {
+                cookie_valid,
+                under_load,
+            }) => {
+                // Under load only proven sources get here; each may cost us KEM work at a
+                // bounded rate (WireGuard's rate limiter).
+                if under_load && cookie_valid && !self.ratelimit.allow(src.ip(), now.mono) {
+                    self.stats.rate_limited += 1;
+                    debug!(%src, "initiation over the per-source rate limit");
+                    return;
+                }
+            }
+            Err(e) => {
+                self.stats.refused += 1;
+                debug!(%src, "initiation refused: {e}");
+                return;
+            }
         }
-        self.load_window.1 = self.load_window.1.saturating_add(1);
-        self.load_window.1 > self.settings.load_threshold
-    }
-
-    fn on_initiation(&mut self, src: SocketAddr, m1: &[u8], now: Duration, out: &mut Vec<DownMsg>) {
-        let under_load = self.under_load(now);
         let Some(index) = self.fresh_index() else {
             return;
         };
-        let res = self
-            .responder
-            .handle_initiation(m1, src, now, under_load, index);
-        match res {
+        match self.responder.respond(m1, src, now.wall, index) {
+            Ok(ResponderOutput::Reply {
+                m2,
+                commit,
+                established,
+            }) => {
+                if !self.accept_pending(src, &m2, commit, *established, now.mono, out) {
+                    self.used_indices.remove(&index);
+                }
+            }
             Ok(ResponderOutput::CookieReply(reply)) => {
                 self.used_indices.remove(&index);
                 self.send(src, &reply, out);
-            }
-            Ok(ResponderOutput::Reply { m2, established }) => {
-                if self.accept_as_responder(src, &established, now, out) {
-                    self.send(src, &m2, out);
-                    self.install(*established, src, now, out);
-                } else {
-                    self.used_indices.remove(&index);
-                }
             }
             Err(e) => {
                 self.used_indices.remove(&index);
@@ -606,59 +888,94 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Finds (or, for an unconfigured node of our CA, adds) the peer of a verified initiation;
-    /// false if the operator disconnected it.
-    fn accept_as_responder(
+    /// Installs a verified initiation's session as pending (`Next`) and sends M2, changing no
+    /// other state; false if it is not answered (disconnected peer, crossing initiation that
+    /// ours wins, a duplicate, no room for an unknown node).
+    fn accept_pending(
         &mut self,
         src: SocketAddr,
-        est: &Established,
-        now: Duration,
+        m2: &[u8],
+        commit: Commit,
+        est: Established,
+        mono: Duration,
         out: &mut Vec<DownMsg>,
     ) -> bool {
-        let id = match self.peers.by_node(&est.peer_id) {
-            Some(id) => id,
-            None => {
-                // Same CA, not configured: nothing per pair is needed (as in Nebula). Its
-                // endpoint is where the initiation came from.
-                let name = est.peer_cert.body.name.clone();
-                let Some(id) = self.peers.add(name, est.peer_cert.clone(), Some(src)) else {
+        // The same initiation again (the timestamp is unique per initiation): a replay of a
+        // pending one; answering it would only add a session nobody can confirm.
+        if self
+            .pending_resp
+            .values()
+            .any(|p| p.commit.peer_id == commit.peer_id && p.commit.timestamp == commit.timestamp)
+        {
+            self.stats.refused += 1;
+            debug!(%src, "initiation already pending");
+            return false;
+        }
+        let (peer, candidate) = match self.peers.by_node(&est.peer_id) {
+            Some(id) => {
+                let Some(p) = self.peers.get(id) else {
                     return false;
                 };
-                info!(%src, "new peer from an initiation");
-                if let Some(p) = self.peers.get_mut(id) {
-                    p.dynamic = true;
-                    out.push(DownMsg::SetRoutes {
-                        peer: id,
-                        prefixes: p.routes(),
-                    });
-                    out.push(DownMsg::SetEndpoint {
-                        peer: id,
-                        addr: src,
-                    });
+                if !p.enabled {
+                    debug!(%src, "initiation from a disconnected peer ignored");
+                    return false;
                 }
-                id
+                // Simultaneous initiations: the smaller node id keeps its own and does not
+                // answer; the larger answers, and drops its own only once this session is
+                // confirmed. If the kept initiation was lost, its retransmission settles it.
+                if p.in_flight.is_some() && self.my_node_id < p.node_id {
+                    debug!(%src, "crossing initiation: ours wins, theirs is not answered");
+                    return false;
+                }
+                (id, false)
             }
+            None => match self.candidates.get(&est.peer_id) {
+                Some(&id) => (id, true),
+                None => {
+                    if self.candidates.len() >= MAX_CANDIDATES {
+                        debug!(%src, "too many unconfirmed new nodes; initiation ignored");
+                        return false;
+                    }
+                    let id = self.peers.reserve_id();
+                    self.candidates.insert(est.peer_id, id);
+                    (id, true)
+                }
+            },
         };
-        let Some(p) = self.peers.get(id) else {
-            return false;
+        // Bounded per peer and in total: the oldest pending session goes first.
+        let oldest_of = |it: &mut dyn Iterator<Item = (&u32, &PendingResponder)>| {
+            it.min_by_key(|(_, p)| p.created).map(|(i, _)| *i)
         };
-        if !p.enabled {
-            debug!(%src, "initiation from a disconnected peer ignored");
-            return false;
-        }
-        // Simultaneous initiations: the larger node id yields (drops its own initiation and
-        // answers), the smaller keeps its own and does not answer, so both end with the same
-        // single session. If the kept initiation was lost, its retransmission settles it.
-        if p.in_flight.is_some() {
-            if self.my_node_id > p.node_id {
-                self.retransmit.cancel(id);
-                self.drop_pending(id);
-            } else {
-                debug!(%src, "crossing initiation: ours wins, theirs is not answered");
-                return false;
+        if self.pending_resp.values().filter(|p| p.peer == peer).count() >= MAX_PENDING_PER_PEER {
+            if let Some(i) = oldest_of(&mut self.pending_resp.iter().filter(|(_, p)| p.peer == peer))
+            {
+                self.evict_pending(i, out);
             }
         }
-        let _ = now;
+        if self.pending_resp.len() >= MAX_PENDING_TOTAL {
+            if let Some(i) = oldest_of(&mut self.pending_resp.iter()) {
+                self.evict_pending(i, out);
+            }
+        }
+        // The eviction may have released a reserved id of this same node: take it again.
+        if candidate && !self.candidates.contains_key(&est.peer_id) {
+            self.candidates.insert(est.peer_id, peer);
+        }
+        let install = self.install_message(&est, peer);
+        out.push(DownMsg::InstallSession(install.clone()));
+        self.send(src, m2, out);
+        self.pending_resp.insert(
+            est.local_index,
+            PendingResponder {
+                peer,
+                candidate,
+                src,
+                cert: est.peer_cert,
+                commit,
+                install,
+                created: mono,
+            },
+        );
         true
     }
 
@@ -667,7 +984,7 @@ impl<'a> Driver<'a> {
         src: SocketAddr,
         idx: Option<u32>,
         msg: &[u8],
-        now: Duration,
+        now: Now,
         out: &mut Vec<DownMsg>,
     ) {
         let Some(pending) = idx.and_then(|i| self.pending.get_mut(&i)) else {
@@ -676,10 +993,15 @@ impl<'a> Driver<'a> {
             return;
         };
         let peer = pending.peer;
-        match pending.state.handle_message(msg, now) {
+        match pending.state.handle_message(msg, now.wall) {
             Ok(InitiatorEvent::Resend(m1)) => {
-                debug!(%src, "cookie reply; resending the initiation with mac2");
-                self.send(src, &m1, out);
+                // Only to the peer's endpoint, never to the reply's source: a cookie reply is
+                // small and unauthenticated, and must not aim our initiation anywhere else.
+                let Some(dst) = self.peers.get(peer).and_then(|p| p.endpoint) else {
+                    return;
+                };
+                debug!(%src, %dst, "cookie reply; resending the initiation with mac2");
+                self.send(dst, &m1, out);
             }
             Ok(InitiatorEvent::Established(est)) => {
                 if let Some(i) = idx {
@@ -689,7 +1011,14 @@ impl<'a> Driver<'a> {
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.in_flight = None;
                 }
-                self.install(*est, src, now, out);
+                if self.peers.by_node(&est.peer_id) != Some(peer) {
+                    self.used_indices.remove(&est.local_index);
+                    return;
+                }
+                let install = self.install_message(&est, peer);
+                out.push(DownMsg::InstallSession(install.clone()));
+                self.stats.completed_initiator += 1;
+                self.record_session(peer, install, src, true, est.cipher, now.mono);
             }
             Err(e) => {
                 self.stats.refused += 1;
@@ -698,25 +1027,17 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn install(
-        &mut self,
-        est: Established,
-        src: SocketAddr,
-        now: Duration,
-        out: &mut Vec<DownMsg>,
-    ) {
-        let Some(id) = self.peers.by_node(&est.peer_id) else {
-            self.used_indices.remove(&est.local_index);
-            return;
-        };
+    /// The dataplane's install message for a completed handshake: `Current` for the
+    /// initiator, `Next` (pending key confirmation) for the responder.
+    fn install_message(&self, est: &Established, peer: u32) -> InstallSession {
         let cipher = match est.cipher {
             CipherChoice::Aes256Gcm => shadowmesh_dataplane::ipc::proto::CIPHER_AES_256_GCM,
             CipherChoice::ChaCha20Poly1305 => {
                 shadowmesh_dataplane::ipc::proto::CIPHER_CHACHA20_POLY1305
             }
         };
-        let install = InstallSession {
-            peer: id,
+        InstallSession {
+            peer,
             slot: if est.is_initiator {
                 Slot::Current
             } else {
@@ -731,36 +1052,53 @@ impl<'a> Driver<'a> {
                 .unwrap_or(u32::MAX),
             reject_after_secs: u32::try_from(self.settings.reject_after.as_secs())
                 .unwrap_or(u32::MAX),
-        };
-        if est.is_initiator {
-            self.stats.completed_initiator += 1;
-        } else {
-            self.stats.completed_responder += 1;
         }
-        let Some(p) = self.peers.get_mut(id) else {
+    }
+
+    /// A session took effect (initiator: M2 accepted; responder: confirmed): it becomes the
+    /// peer's latest record, the latest becomes the previous, and the one before leaves.
+    fn record_session(
+        &mut self,
+        peer: u32,
+        install: InstallSession,
+        src: SocketAddr,
+        initiator: bool,
+        cipher: CipherChoice,
+        mono: Duration,
+    ) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            self.used_indices.remove(&install.local_index);
             return;
         };
         info!(
             peer = %p.name,
             %src,
-            role = if est.is_initiator { "initiator" } else { "responder" },
-            cipher = ?est.cipher,
+            role = if initiator { "initiator" } else { "responder" },
+            ?cipher,
             "handshake complete"
         );
-        // Our previous-previous session leaves the dataplane when this one is installed.
         let older = p.previous.take();
         p.previous = p.session.take();
         p.session = Some(SessionRecord {
-            install: install.clone(),
-            established_at: now,
-            initiator: est.is_initiator,
+            install,
+            established_at: mono,
+            initiator,
         });
-        p.last_handshake = Some(now);
+        p.last_handshake = Some(mono);
         p.has_our_cert = true;
         p.failures = 0;
         if let Some(o) = older {
             self.used_indices.remove(&o.install.local_index);
         }
-        out.push(DownMsg::InstallSession(install));
+    }
+}
+
+impl PendingResponder {
+    fn est_cipher(&self) -> CipherChoice {
+        if self.install.cipher == shadowmesh_dataplane::ipc::proto::CIPHER_CHACHA20_POLY1305 {
+            CipherChoice::ChaCha20Poly1305
+        } else {
+            CipherChoice::Aes256Gcm
+        }
     }
 }

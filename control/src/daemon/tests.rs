@@ -93,6 +93,10 @@ fn pump(
 ) -> (Log, Log) {
     let (mut la, mut lb) = (Log::default(), Log::default());
     let mut seq = 0usize;
+    // What each side's dataplane holds as pending (`Next`): local index → peer id. When the
+    // other side installs the matching `Current`, its keepalive confirms the session (the
+    // dataplane's `SessionConfirmed`), unless the network drops it.
+    let mut next_of: [std::collections::HashMap<u32, u32>; 2] = Default::default();
     // Bounded: a handshake is a few dozen datagrams.
     for _ in 0..200 {
         if from_a.is_empty() && from_b.is_empty() {
@@ -125,6 +129,26 @@ fn pump(
                         }
                     }
                     DownMsg::InstallSession(s) => {
+                        if s.slot == Slot::Next {
+                            next_of[sender].insert(s.local_index, s.peer);
+                        } else if let Some(peer) = next_of[1 - sender].remove(&s.remote_index) {
+                            seq += 1;
+                            if !drop(sender, seq) {
+                                if sender == 0 {
+                                    next_b.extend(b.handle_session_confirmed(
+                                        peer,
+                                        s.remote_index,
+                                        now,
+                                    ));
+                                } else {
+                                    next_a.extend(a.handle_session_confirmed(
+                                        peer,
+                                        s.remote_index,
+                                        now,
+                                    ));
+                                }
+                            }
+                        }
                         if sender == 0 { &mut la } else { &mut lb }.installs.push(s);
                     }
                     other => if sender == 0 { &mut la } else { &mut lb }
@@ -481,7 +505,7 @@ fn under_load_the_responder_asks_for_a_cookie_first() {
         seen.push((s, q));
         false
     });
-    // M1 (11) → cookie reply (1) → M1 with mac2 (11) → M2 (3).
-    assert_eq!(seen.len(), 26, "{seen:?}");
+    // M1 (11) → cookie reply (1) → M1 with mac2 (11) → M2 (3) → A's confirming keepalive.
+    assert_eq!(seen.len(), 27, "{seen:?}");
     assert_pair(&la.installs[0], &lb.installs[0]);
 }

@@ -13,7 +13,7 @@ use aws_lc_rs::rand::SecureRandom;
 use zeroize::Zeroizing;
 
 use super::messages::{
-    CookieReply, KIND_COOKIE_REPLY, KIND_INITIATION, KIND_RESPONSE, M2, MAC_LEN,
+    CookieReply, KIND_COOKIE_REPLY, KIND_INITIATION, KIND_RESPONSE, M1_TS_PLAIN, M2, MAC_LEN,
 };
 use super::{decaps, dh, encaps, tai64n, CipherChoice, Established, HandshakeError, PROLOGUE};
 use crate::cert::{CaPublic, NodeCert};
@@ -35,6 +35,9 @@ pub struct InitiatorOptions {
     pub ciphers: Vec<CipherChoice>,
     /// A cookie from an earlier cookie reply of this responder (fills mac2).
     pub cookie: Option<[u8; MAC_LEN]>,
+    /// The timestamp to send (time since the Unix epoch) instead of `now`: the caller keeps
+    /// timestamps increasing across a backward jump of the wall clock.
+    pub timestamp: Option<Duration>,
 }
 
 impl Default for InitiatorOptions {
@@ -43,6 +46,7 @@ impl Default for InitiatorOptions {
             send_cert_hash: false,
             ciphers: vec![CipherChoice::Aes256Gcm, CipherChoice::ChaCha20Poly1305],
             cookie: None,
+            timestamp: None,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct InitiatorState<'a> {
     m1: Vec<u8>,
     mac1_at: usize,
     cookie: Option<[u8; MAC_LEN]>,
+    /// A cookie reply was accepted for this initiation (a second one is refused).
+    cookie_taken: bool,
     done: bool,
 }
 
@@ -180,14 +186,24 @@ impl Initiator {
             plain.extend_from_slice(&len.to_le_bytes());
             plain.extend_from_slice(my_cert.to_bytes());
         }
-        plain.extend_from_slice(&tai64n(now));
-        plain.push(u8::try_from(opts.ciphers.len()).unwrap_or(0));
-        plain.extend(opts.ciphers.iter().map(|c| c.id()));
         let payload = ss
             .encrypt_and_hash(&k, &plain)
             .ok_or(HandshakeError::Crypto("AEAD seal"))?;
         let plen = u16::try_from(payload.len())
             .map_err(|_| HandshakeError::Malformed("a payload under 64 KiB"))?;
+        // The timestamp is sealed under a key that also mixes the static-static DH, so only
+        // the holder of our static X25519 key can produce an initiation the responder accepts
+        // (WireGuard's `ss`); everything before it can be computed from public certificates.
+        let ss_dh = dh(identity.x25519(), &peer.body.public.x25519)?;
+        let k_ss = ss.mix_key(b"ss", ss_dh.as_slice());
+        let mut ts_plain = Zeroizing::new([0u8; M1_TS_PLAIN]);
+        ts_plain[..12].copy_from_slice(&tai64n(opts.timestamp.unwrap_or(now)));
+        for (slot, c) in ts_plain[12..].iter_mut().zip(&opts.ciphers) {
+            *slot = c.id();
+        }
+        let payload_ts = ss
+            .encrypt_and_hash(&k_ss, ts_plain.as_slice())
+            .ok_or(HandshakeError::Crypto("AEAD seal"))?;
 
         let mut m1 = header;
         m1.extend_from_slice(e_pub.as_ref());
@@ -195,6 +211,7 @@ impl Initiator {
         m1.extend_from_slice(&ct1);
         m1.extend_from_slice(&plen.to_le_bytes());
         m1.extend_from_slice(&payload);
+        m1.extend_from_slice(&payload_ts);
         let mac1_at = m1.len();
         let mac1 = peer_keys.mac1(&m1);
         m1.extend_from_slice(&mac1);
@@ -217,6 +234,7 @@ impl Initiator {
             m1: m1.clone(),
             mac1_at,
             cookie: opts.cookie,
+            cookie_taken: false,
             done: false,
         };
         Ok((state, m1))
@@ -272,6 +290,11 @@ impl InitiatorState<'_> {
         if self.done {
             return Err(HandshakeError::AlreadyEstablished);
         }
+        // One cookie reply per initiation: a replayed reply must not make us send the
+        // (up to ~12 KB) initiation again.
+        if self.cookie_taken {
+            return Err(HandshakeError::CookieAlreadyTaken);
+        }
         let reply = CookieReply::parse(msg)?;
         if reply.receiver != self.local_index {
             return Err(HandshakeError::UnknownIndex {
@@ -293,6 +316,7 @@ impl InitiatorState<'_> {
         self.m1.truncate(self.mac1_at + MAC_LEN);
         self.m1.extend_from_slice(&mac2);
         self.cookie = Some(cookie);
+        self.cookie_taken = true;
         Ok(self.m1.clone())
     }
 

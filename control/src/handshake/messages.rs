@@ -18,12 +18,18 @@ pub const KIND_COOKIE_REPLY: u8 = 3;
 /// MAC length (mac1, mac2, cookie).
 pub const MAC_LEN: usize = 16;
 
-/// M1 fixed prefix: kind, reserved[3], sender u32, e_I, E_I, ct1, payload_len u16.
+/// M1 fixed prefix: kind, reserved[3], sender u32, e_I, E_I, ct1, identity payload length u16.
 pub const M1_FIXED: usize = 1 + 3 + 4 + X25519_LEN + MLKEM_EK_LEN + MLKEM_CT_LEN + 2;
-/// Largest M1 encrypted payload (a full certificate plus the rest of the payload and the tag).
+/// Largest M1 identity payload (mode, a full certificate with its length, and the tag).
 pub const M1_MAX_PAYLOAD: usize = crate::cert::MAX_CERT_LEN + 64 + TAG_LEN;
+/// Plaintext of M1's second payload: timestamp [12], AEAD preferences [2] (0 = none).
+pub const M1_TS_PLAIN: usize = 12 + 2;
+/// M1's second payload on the wire: sealed under a key that includes X25519(s_I, s_R).
+pub const M1_TS_PAYLOAD: usize = M1_TS_PLAIN + TAG_LEN;
 /// Largest M1.
-pub const M1_MAX_LEN: usize = M1_FIXED + M1_MAX_PAYLOAD + 2 * MAC_LEN;
+pub const M1_MAX_LEN: usize = M1_FIXED + M1_MAX_PAYLOAD + M1_TS_PAYLOAD + 2 * MAC_LEN;
+/// Smallest M1 (an empty identity payload, which then fails to decrypt).
+pub const M1_MIN_LEN: usize = M1_FIXED + TAG_LEN + M1_TS_PAYLOAD + 2 * MAC_LEN;
 
 /// M2 payload plaintext length (chosen AEAD id).
 pub const M2_PAYLOAD_PLAIN: usize = 1;
@@ -71,8 +77,12 @@ pub struct M1<'a> {
     pub ek: &'a [u8],
     /// Encapsulation to the responder's static KEM key.
     pub ct1: &'a [u8],
-    /// Encrypted payload (with tag).
+    /// Encrypted identity payload (certificate or its hash, with tag), sealed under the chain
+    /// up to `kem1`.
     pub payload: &'a [u8],
+    /// Encrypted timestamp payload (timestamp, AEAD preferences, tag), sealed under the chain
+    /// after `ss`: only the holder of the initiator's static X25519 key can make it.
+    pub payload_ts: &'a [u8],
     /// Offset of mac1 (mac1 covers `bytes[..mac1_at]`, mac2 covers `bytes[..mac1_at + 16]`).
     pub mac1_at: usize,
 }
@@ -84,15 +94,15 @@ impl<'a> M1<'a> {
     /// [`HandshakeError::Malformed`] / [`HandshakeError::WrongKind`].
     pub fn parse(b: &'a [u8]) -> Result<Self, HandshakeError> {
         check_header(b, KIND_INITIATION)?;
-        if b.len() < M1_FIXED + TAG_LEN + 2 * MAC_LEN || b.len() > M1_MAX_LEN {
+        if b.len() < M1_MIN_LEN || b.len() > M1_MAX_LEN {
             return Err(HandshakeError::Malformed(
-                "an initiation of 3222..=19.7k bytes",
+                "an initiation of 3256..=19.8k bytes",
             ));
         }
         let plen = b
             .get(M1_FIXED - 2..M1_FIXED)
             .map_or(0, |s| usize::from(u16::from_le_bytes([s[0], s[1]])));
-        if plen < TAG_LEN || M1_FIXED + plen + 2 * MAC_LEN != b.len() {
+        if plen < TAG_LEN || M1_FIXED + plen + M1_TS_PAYLOAD + 2 * MAC_LEN != b.len() {
             return Err(HandshakeError::Malformed(
                 "payload length matching the message",
             ));
@@ -100,7 +110,7 @@ impl<'a> M1<'a> {
         let e_at = 8;
         let ek_at = e_at + X25519_LEN;
         let ct_at = ek_at + MLKEM_EK_LEN;
-        let mac1_at = M1_FIXED + plen;
+        let mac1_at = M1_FIXED + plen + M1_TS_PAYLOAD;
         let slice = |a: usize, n: usize| b.get(a..a + n).unwrap_or_default();
         Ok(Self {
             bytes: b,
@@ -109,6 +119,7 @@ impl<'a> M1<'a> {
             ek: slice(ek_at, MLKEM_EK_LEN),
             ct1: slice(ct_at, MLKEM_CT_LEN),
             payload: slice(M1_FIXED, plen),
+            payload_ts: slice(M1_FIXED + plen, M1_TS_PAYLOAD),
             mac1_at,
         })
     }
@@ -231,6 +242,8 @@ mod tests {
     #[test]
     fn sizes_match_the_protocol_document() {
         assert_eq!(M1_FIXED, 3178);
+        assert_eq!(M1_MIN_LEN, 3256);
+        assert_eq!(M1_TS_PAYLOAD, 30);
         assert_eq!(M2_LEN, 3229);
         assert_eq!(COOKIE_REPLY_LEN, 52);
     }

@@ -27,10 +27,16 @@ use zeroize::Zeroizing;
 use crate::cert::{CertError, NodeCert};
 
 pub use initiator::{Initiator, InitiatorEvent, InitiatorOptions, InitiatorState};
-pub use responder::{Responder, ResponderOutput};
+pub use responder::{Admission, Commit, Responder, ResponderOutput};
 
-/// Prologue mixed into every handshake transcript.
-pub const PROLOGUE: &[u8] = b"shadowmesh handshake v1";
+/// Prologue mixed into every handshake transcript. v2: M1's timestamp is sealed under a key
+/// that includes X25519(s_I, s_R) (docs/protocol.md §4).
+pub const PROLOGUE: &[u8] = b"shadowmesh handshake v2";
+
+/// How far ahead of the responder's clock an initiation's timestamp may be. Certificates
+/// already need roughly synchronised clocks; the bound keeps a stored timestamp from being
+/// pushed far into the future (docs/protocol.md §4.4).
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
 
 /// Why a handshake message was refused. Every refusal is a drop for the caller; none panics.
 #[derive(Debug, Error)]
@@ -72,6 +78,23 @@ pub enum HandshakeError {
     /// The timestamp is not greater than the last one accepted from that node.
     #[error("replayed or stale initiation (timestamp not newer than the last accepted)")]
     Replay,
+    /// The timestamp is further ahead of our clock than [`MAX_FUTURE_SKEW`].
+    #[error(
+        "initiation timestamp {ahead_secs} s ahead of our clock (more than {max_secs} s): \
+         check the clocks (NTP) of this node and the peer"
+    )]
+    FutureTimestamp {
+        /// How far ahead it was.
+        ahead_secs: u64,
+        /// The bound.
+        max_secs: u64,
+    },
+    /// The initiation carries our own certificate: a reflection, never a peer.
+    #[error("initiation carries our own certificate")]
+    OwnCertificate,
+    /// A second cookie reply for an initiation that already took one (a replay).
+    #[error("cookie reply for an initiation that already took one")]
+    CookieAlreadyTaken,
     /// Answering would send more than 3× the bytes received from an unvalidated address.
     #[error("answer withheld: 3x amplification limit for an unvalidated address")]
     AmplificationLimit,
@@ -152,6 +175,19 @@ impl std::fmt::Debug for Established {
             .field("is_initiator", &self.is_initiator)
             .finish_non_exhaustive()
     }
+}
+
+/// The time a TAI64N-like timestamp names (inverse of [`tai64n`]); `None` for one before
+/// 1970 or with nanoseconds out of range.
+#[must_use]
+pub fn tai64n_time(t: &[u8; 12]) -> Option<Duration> {
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&t[..8]);
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&t[8..]);
+    let secs = u64::from_be_bytes(s).checked_sub(1u64 << 62)?;
+    let nanos = u32::from_be_bytes(n);
+    (nanos < 1_000_000_000).then(|| Duration::new(secs, nanos))
 }
 
 /// TAI64N-like 12-byte timestamp: `2^62 + secs` (u64 BE) then nanoseconds (u32 BE), so that

@@ -16,7 +16,9 @@ use aws_lc_rs::rand::SystemRandom;
 
 use super::initiator::{CERT_FULL, CERT_HASH};
 use super::messages::{KIND_RESPONSE, M1, M2_LEN, MAC_LEN};
-use super::{decaps, dh, encaps, CipherChoice, Established, HandshakeError, PROLOGUE};
+use super::{
+    decaps, dh, encaps, CipherChoice, Established, HandshakeError, MAX_FUTURE_SKEW, PROLOGUE,
+};
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::cookie::{CookieChecker, StaticKeys};
 use crate::identity::{Identity, Reader};
@@ -32,15 +34,33 @@ pub const MAX_TIMESTAMPS: usize = 65_536;
 #[derive(Debug)]
 #[must_use]
 pub enum ResponderOutput {
-    /// Send `m2`; install `established` (receive now, send after key confirmation).
+    /// Send `m2`; install `established` as a pending session (receive now, send after key
+    /// confirmation); call [`Responder::commit`] with `commit` once it is confirmed.
     Reply {
         /// The response message.
         m2: Vec<u8>,
+        /// What to commit after key confirmation.
+        commit: Commit,
         /// Keys and peer data.
         established: Box<Established>,
     },
     /// Under load: send this cookie reply and keep nothing.
     CookieReply(Vec<u8>),
+}
+
+/// The outcome of [`Responder::admit`].
+#[derive(Debug)]
+#[must_use]
+pub enum Admission {
+    /// Under load without a valid cookie: send this cookie reply, do nothing else.
+    CookieReply(Vec<u8>),
+    /// Go on to [`Responder::respond`].
+    Proceed {
+        /// mac2 carried a valid cookie for the source address (the address is proven).
+        cookie_valid: bool,
+        /// The load signal was on (the caller's per-source rate limit applies).
+        under_load: bool,
+    },
 }
 
 /// The responder role for one local identity.
@@ -143,7 +163,8 @@ impl<'a> Responder<'a> {
     }
 
     /// Handles an initiation from `src` at `now` (since the Unix epoch). With `under_load`, an
-    /// initiation without a valid mac2 gets a cookie reply and no KEM work is done.
+    /// initiation without a valid mac2 gets a cookie reply and no KEM work is done. This is
+    /// [`Responder::admit`] followed by [`Responder::respond`].
     ///
     /// # Errors
     /// Any refusal; the caller drops the datagram and sends nothing.
@@ -155,11 +176,31 @@ impl<'a> Responder<'a> {
         under_load: bool,
         local_index: u32,
     ) -> Result<ResponderOutput, HandshakeError> {
+        match self.admit(msg, src, now, &mut || under_load)? {
+            Admission::CookieReply(reply) => Ok(ResponderOutput::CookieReply(reply)),
+            Admission::Proceed { .. } => self.respond(msg, src, now, local_index),
+        }
+    }
+
+    /// The cheap first stage of an initiation: parse, mac1, byte accounting, mac2, and the
+    /// cookie reply under load. `under_load` is asked only after mac1 verified, so junk does
+    /// not count towards the load signal. No X25519 or KEM work happens here.
+    ///
+    /// # Errors
+    /// Malformed, bad mac1, bad mac2 (when not under load), amplification limit.
+    pub fn admit(
+        &mut self,
+        msg: &[u8],
+        src: SocketAddr,
+        now: Duration,
+        under_load: &mut dyn FnMut() -> bool,
+    ) -> Result<Admission, HandshakeError> {
         let m1 = M1::parse(msg)?;
         let covered1 = msg.get(..m1.mac1_at).unwrap_or_default();
         if !ct_eq(&self.keys.mac1(covered1), m1.mac1()) {
             return Err(HandshakeError::BadMac1);
         }
+        let under_load = under_load();
         self.cookies.on_receive(src, msg.len(), now);
         let covered2 = msg.get(..m1.mac1_at + MAC_LEN).unwrap_or_default();
         let mac2_present = m1.mac2() != [0u8; MAC_LEN];
@@ -179,10 +220,28 @@ impl<'a> Responder<'a> {
             if !self.cookies.try_send(src, reply.len()) {
                 return Err(HandshakeError::AmplificationLimit);
             }
-            return Ok(ResponderOutput::CookieReply(reply));
+            return Ok(Admission::CookieReply(reply));
         }
-        // Reserve the answer's bytes before any expensive work: if the budget refuses, no
-        // KEM operation happens.
+        Ok(Admission::Proceed {
+            cookie_valid: mac2_ok,
+            under_load,
+        })
+    }
+
+    /// The expensive second stage, for an initiation [`Responder::admit`] let through:
+    /// reserves M2's bytes in `src`'s amplification budget (refused: no KEM work), then does
+    /// the key agreement and builds M2. Commits nothing (see [`Responder::commit`]).
+    ///
+    /// # Errors
+    /// Any refusal: amplification limit, decryption, certificate, replay, clock skew, cipher.
+    pub fn respond(
+        &mut self,
+        msg: &[u8],
+        src: SocketAddr,
+        now: Duration,
+        local_index: u32,
+    ) -> Result<ResponderOutput, HandshakeError> {
+        let m1 = M1::parse(msg)?;
         if !self.cookies.try_send(src, M2_LEN) {
             return Err(HandshakeError::AmplificationLimit);
         }
@@ -211,13 +270,15 @@ impl<'a> Responder<'a> {
             .decrypt_and_hash(&k, m1.payload)
             .ok_or(HandshakeError::Decrypt)?;
 
+        // Everything up to here can be computed by anyone holding our public certificate.
+        // The claimed identity is only parsed (no signature check yet): the static-static DH
+        // below proves the sender holds its X25519 key before we pay for an ML-DSA verify.
         let mut r = Reader(&plain);
         let bad = HandshakeError::Malformed;
         let (peer_cert, fresh) = match r.u8() {
             Some(CERT_FULL) => {
                 let n = usize::from(r.u16().ok_or(bad("certificate length"))?);
                 let c = NodeCert::from_bytes(r.take(n).ok_or(bad("certificate"))?)?;
-                c.verify(&self.ca, now.as_secs())?;
                 (c, true)
             }
             Some(CERT_HASH) => {
@@ -231,20 +292,41 @@ impl<'a> Responder<'a> {
             }
             _ => return Err(bad("certificate mode 0 or 1")),
         };
-        let ts: [u8; 12] = r.array().ok_or(bad("timestamp"))?;
-        let n = usize::from(r.u8().ok_or(bad("cipher count"))?);
-        if !(1..=2).contains(&n) {
-            return Err(bad("1 or 2 cipher preferences"));
-        }
-        let prefs = r.take(n).ok_or(bad("cipher preferences"))?;
         if !r.is_empty() {
-            return Err(bad("end of payload after the cipher preferences"));
+            return Err(bad("end of the identity payload after the certificate"));
         }
-        // Full certificates were verified above; cached ones were verified when cached.
-        peer_cert.check_validity(now.as_secs())?;
         let peer_id = peer_cert.node_id();
+        if peer_id == self.identity.node_id() {
+            return Err(HandshakeError::OwnCertificate);
+        }
+        let ss_dh = dh(self.identity.x25519(), &peer_cert.body.public.x25519)?;
+        let k_ss = ss.mix_key(b"ss", ss_dh.as_slice());
+        let ts_plain = ss
+            .decrypt_and_hash(&k_ss, m1.payload_ts)
+            .ok_or(HandshakeError::Decrypt)?;
+        let mut ts = [0u8; 12];
+        let prefs = match ts_plain.split_at_checked(12) {
+            Some((t, p)) if p.len() == 2 => {
+                ts.copy_from_slice(t);
+                p
+            }
+            _ => return Err(bad("a 14-byte timestamp payload")),
+        };
+        if fresh {
+            peer_cert.verify(&self.ca, now.as_secs())?;
+        } else {
+            // Cached certificates were verified when cached; only the window is re-checked.
+            peer_cert.check_validity(now.as_secs())?;
+        }
         if self.last_ts.get(&peer_id).is_some_and(|last| ts <= *last) {
             return Err(HandshakeError::Replay);
+        }
+        let sent_at = super::tai64n_time(&ts).ok_or(bad("a valid timestamp"))?;
+        if sent_at > now + MAX_FUTURE_SKEW {
+            return Err(HandshakeError::FutureTimestamp {
+                ahead_secs: sent_at.saturating_sub(now).as_secs(),
+                max_secs: MAX_FUTURE_SKEW.as_secs(),
+            });
         }
         let cipher = prefs
             .iter()
@@ -291,18 +373,16 @@ impl<'a> Responder<'a> {
         m2.extend_from_slice(&[0u8; MAC_LEN]);
         let (i2r, r2i) = ss.split();
 
-        // Commit state only once everything succeeded.
-        if self.last_ts.len() >= MAX_TIMESTAMPS && !self.last_ts.contains_key(&peer_id) {
-            if let Some(k) = self.last_ts.keys().next().copied() {
-                self.last_ts.remove(&k);
-            }
-        }
-        self.last_ts.insert(peer_id, ts);
-        if fresh {
-            self.insert_cached(peer_cert.clone());
-        }
+        // Nothing is committed here: the caller installs the session as pending and calls
+        // [`Responder::commit`] only after key confirmation (the initiator's first data packet
+        // authenticated under `T_i2r`), so a forged initiation changes no state.
         Ok(ResponderOutput::Reply {
             m2,
+            commit: Commit {
+                peer_id,
+                timestamp: ts,
+                new_cert: fresh,
+            },
             established: Box::new(Established {
                 peer_id,
                 peer_cert,
@@ -316,4 +396,44 @@ impl<'a> Responder<'a> {
             }),
         })
     }
+
+    /// Commits an accepted initiation after key confirmation: its timestamp becomes the one
+    /// later initiations from that node must exceed, and a certificate sent in full is cached
+    /// (so the next initiation may send its hash). `cert` is the `Established::peer_cert` of
+    /// the same reply.
+    pub fn commit(&mut self, commit: &Commit, cert: &NodeCert) {
+        let peer_id = commit.peer_id;
+        if self.last_ts.len() >= MAX_TIMESTAMPS && !self.last_ts.contains_key(&peer_id) {
+            if let Some(k) = self.last_ts.keys().next().copied() {
+                self.last_ts.remove(&k);
+            }
+        }
+        let newer = self
+            .last_ts
+            .get(&peer_id)
+            .is_none_or(|last| commit.timestamp > *last);
+        if newer {
+            self.last_ts.insert(peer_id, commit.timestamp);
+        }
+        if commit.new_cert && cert.node_id() == peer_id {
+            self.insert_cached(cert.clone());
+        }
+    }
+
+    /// The last committed timestamp of `node_id` (for tests and diagnostics).
+    #[must_use]
+    pub fn last_timestamp(&self, node_id: &[u8; 32]) -> Option<[u8; 12]> {
+        self.last_ts.get(node_id).copied()
+    }
+}
+
+/// What [`Responder::commit`] stores once the initiator confirmed the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// The initiator's node id.
+    pub peer_id: [u8; 32],
+    /// The initiation's timestamp.
+    pub timestamp: [u8; 12],
+    /// The initiation carried a full certificate (cache it on commit).
+    pub new_cert: bool,
 }

@@ -58,10 +58,31 @@ fn start<'a>(n: &'a Net, opts: InitiatorOptions, now: Duration) -> (InitiatorSta
 }
 
 fn reply(out: ResponderOutput) -> (Vec<u8>, Box<Established>) {
+    let (m2, est, _) = reply_parts(out);
+    (m2, est)
+}
+
+fn reply_parts(out: ResponderOutput) -> (Vec<u8>, Box<Established>, Commit) {
     match out {
-        ResponderOutput::Reply { m2, established } => (m2, established),
+        ResponderOutput::Reply {
+            m2,
+            established,
+            commit,
+        } => (m2, established, commit),
         ResponderOutput::CookieReply(_) => panic!("expected M2, got a cookie reply"),
     }
+}
+
+/// M2 for `m1`, then what key confirmation would commit.
+fn reply_confirmed(
+    r: &mut Responder<'_>,
+    m1: &[u8],
+    now: Duration,
+    index: u32,
+) -> (Vec<u8>, Box<Established>) {
+    let (m2, est, c) = reply_parts(r.handle_initiation(m1, src(), now, false, index).unwrap());
+    r.commit(&c, &est.peer_cert);
+    (m2, est)
 }
 
 #[test]
@@ -133,11 +154,18 @@ fn cached_certificate_hash_first_contact_then_hash() {
         InitiatorOptions::default(),
         NOW + Duration::from_secs(1),
     );
-    let _ = reply(
+    // The full certificate is cached only once that session is confirmed.
+    let (_, est, c) = reply_parts(
         r.handle_initiation(&full, src(), NOW + Duration::from_secs(1), false, 1)
             .unwrap(),
     );
     let t = NOW + Duration::from_secs(2);
+    let (_, early) = start(&n, hash_opts.clone(), t);
+    assert!(matches!(
+        r.handle_initiation(&early, src(), t, false, 1),
+        Err(HandshakeError::UnknownCertHash)
+    ));
+    r.commit(&c, &est.peer_cert);
     let (mut i, m1) = start(&n, hash_opts, t);
     assert!(
         m1.len() < full.len() - 8000,
@@ -293,7 +321,13 @@ fn replayed_and_stale_initiations_are_refused() {
     let n = net();
     let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
     let (_, m1) = start(&n, InitiatorOptions::default(), NOW);
+    // Before confirmation nothing is committed: the same M1 is still answerable (the driver
+    // refuses duplicates of a pending initiation itself).
     let _ = reply(r.handle_initiation(&m1, src(), NOW, false, 1).unwrap());
+    assert!(r.last_timestamp(&n.a_cert.node_id()).is_none());
+    r.mark_validated(src());
+    let _ = reply_confirmed(&mut r, &m1, NOW, 1);
+    assert!(r.last_timestamp(&n.a_cert.node_id()).is_some());
     let later = NOW + Duration::from_secs(5);
     assert!(matches!(
         r.handle_initiation(&m1, src(), later, false, 2),
@@ -494,4 +528,130 @@ fn tai64n_orders_like_time() {
     let a = tai64n(Duration::new(5, 999_999_999));
     let b = tai64n(Duration::new(6, 0));
     assert!(a < b);
+}
+
+/// An attacker holding only public data (both certificates, the CA's public key) builds an M1
+/// claiming to be A, with a far-future timestamp: everything it can compute is right except
+/// the static-static DH, so B refuses it before any state changes, and A's real initiation
+/// that follows is accepted.
+#[test]
+fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
+    let n = net();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    r.mark_validated(src());
+    let mallory = Identity::generate().unwrap();
+    let future = NOW + Duration::from_secs(10 * 365 * 86_400);
+    for send_cert_hash in [false, true] {
+        let (_, forged) = Initiator::with_options(
+            &mallory,
+            &n.a_cert,
+            &n.b_cert,
+            n.ca.public(),
+            66,
+            NOW,
+            &SystemRandom::new(),
+            InitiatorOptions {
+                send_cert_hash,
+                timestamp: Some(future),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(M1::parse(&forged).is_ok());
+        let err = r.handle_initiation(&forged, src(), NOW, false, 9).unwrap_err();
+        // The full-certificate form fails at the timestamp payload; the hash form earlier,
+        // since B has not cached A's certificate.
+        assert!(
+            matches!(
+                err,
+                HandshakeError::Decrypt | HandshakeError::UnknownCertHash
+            ),
+            "{err}"
+        );
+    }
+    assert!(r.last_timestamp(&n.a_cert.node_id()).is_none());
+    let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
+    let (m2, re) = reply_confirmed(&mut r, &m1, NOW, 10);
+    assert_eq!(*i.handle_response(&m2, NOW).unwrap().send_key, *re.recv_key);
+    // Once A's certificate is cached, the hash form of the forgery fails at the DH too.
+    let (_, forged) = Initiator::with_options(
+        &mallory,
+        &n.a_cert,
+        &n.b_cert,
+        n.ca.public(),
+        67,
+        NOW,
+        &SystemRandom::new(),
+        InitiatorOptions {
+            send_cert_hash: true,
+            timestamp: Some(future),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let before = r.last_timestamp(&n.a_cert.node_id());
+    assert!(matches!(
+        r.handle_initiation(&forged, src(), NOW, false, 11),
+        Err(HandshakeError::Decrypt)
+    ));
+    assert_eq!(r.last_timestamp(&n.a_cert.node_id()), before);
+}
+
+#[test]
+fn timestamps_too_far_ahead_of_our_clock_are_refused() {
+    let n = net();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    r.mark_validated(src());
+    let opts = |ahead: Duration| InitiatorOptions {
+        timestamp: Some(NOW + ahead),
+        ..Default::default()
+    };
+    let (_, m1) = start(&n, opts(MAX_FUTURE_SKEW + Duration::from_secs(1)), NOW);
+    let err = r.handle_initiation(&m1, src(), NOW, false, 1).unwrap_err();
+    assert!(matches!(err, HandshakeError::FutureTimestamp { .. }), "{err}");
+    assert!(err.to_string().contains("NTP"));
+    let (_, m1) = start(&n, opts(MAX_FUTURE_SKEW - Duration::from_secs(1)), NOW);
+    let _ = reply(r.handle_initiation(&m1, src(), NOW, false, 2).unwrap());
+}
+
+#[test]
+fn our_own_certificate_from_the_network_is_refused() {
+    let n = net();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    r.mark_validated(src());
+    // B's own identity and certificate, aimed at B (a reflection).
+    let (_, m1) = Initiator::new(
+        &n.b,
+        &n.b_cert,
+        &n.b_cert,
+        n.ca.public(),
+        3,
+        NOW,
+        &SystemRandom::new(),
+    )
+    .unwrap();
+    assert!(matches!(
+        r.handle_initiation(&m1, src(), NOW, false, 4),
+        Err(HandshakeError::OwnCertificate)
+    ));
+}
+
+#[test]
+fn a_second_cookie_reply_for_one_initiation_is_refused() {
+    let n = net();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
+    let ResponderOutput::CookieReply(c) = r.handle_initiation(&m1, src(), NOW, true, 3).unwrap()
+    else {
+        panic!("under load without mac2 must get a cookie");
+    };
+    assert!(matches!(
+        i.handle_message(&c, NOW),
+        Ok(InitiatorEvent::Resend(_))
+    ));
+    // The same reply again (replayed by anyone on the path) makes us send nothing.
+    assert!(matches!(
+        i.handle_message(&c, NOW),
+        Err(HandshakeError::CookieAlreadyTaken)
+    ));
 }
