@@ -190,7 +190,9 @@ mod tests {
         for i in 0..10_000u32 {
             #[allow(clippy::cast_possible_truncation)]
             // Distinct /64s inside the documentation prefix 2001:db8::/32.
-            let a = IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, i as u16, 0, 0, 0, 1));
+            let a = IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, i as u16, 0, 0, 0, 1,
+            ));
             let _ = r.allow(a, t);
             assert!(r.len() <= 64);
         }

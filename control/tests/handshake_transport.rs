@@ -73,7 +73,9 @@ fn handshake_over_fragmented_transport() {
             .handle_initiation(&got, a_addr, t, false, 200 + k)
             .unwrap()
         {
-            ResponderOutput::Reply { m2, established, .. } => (m2, established),
+            ResponderOutput::Reply {
+                m2, established, ..
+            } => (m2, established),
             ResponderOutput::CookieReply(_) => panic!("not under load"),
         };
         let f2 = fragment(KIND_HANDSHAKE, k, &m2).unwrap();

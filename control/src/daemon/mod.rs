@@ -134,13 +134,7 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
-fn snapshot(
-    d: &Driver<'_>,
-    name: &str,
-    connected: bool,
-    socket: &str,
-    now: Now,
-) -> StatusReply {
+fn snapshot(d: &Driver<'_>, name: &str, connected: bool, socket: &str, now: Now) -> StatusReply {
     let cert = d.my_cert();
     let st = d.stats();
     let now = now.mono;

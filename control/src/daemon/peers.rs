@@ -139,7 +139,8 @@ impl PeerTable {
             return None;
         }
         let id = self.reserve_id();
-        self.insert(Peer::new(id, name, cert, endpoint)).then_some(id)
+        self.insert(Peer::new(id, name, cert, endpoint))
+            .then_some(id)
     }
 
     /// A fresh id, not used by any peer yet (and never handed out again).
@@ -224,11 +225,15 @@ pub fn prefixes_overlap(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
     let len = a.1.min(b.1);
     match (a.0, b.0) {
         (IpAddr::V4(x), IpAddr::V4(y)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
             u32::from(x) & mask == u32::from(y) & mask
         }
         (IpAddr::V6(x), IpAddr::V6(y)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
             u128::from(x) & mask == u128::from(y) & mask
         }
         _ => false,

@@ -572,12 +572,18 @@ impl<'a> Driver<'a> {
         let now = now.into();
         let mut out = Vec::new();
         let Some(pend) = self.pending_resp.remove(&local_index) else {
-            debug!(peer, "confirmation for no pending session (expired or replaced)");
+            debug!(
+                peer,
+                "confirmation for no pending session (expired or replaced)"
+            );
             return out;
         };
         if pend.peer != peer {
             // Cannot happen with our own dataplane; keep the index reserved until it expires.
-            warn!(peer, "confirmation names another peer than the pending session");
+            warn!(
+                peer,
+                "confirmation names another peer than the pending session"
+            );
             self.pending_resp.insert(local_index, pend);
             return out;
         }
@@ -593,11 +599,7 @@ impl<'a> Driver<'a> {
                 return out;
             }
         }
-        if self
-            .peers
-            .get(peer)
-            .is_some_and(|p| p.in_flight.is_some())
-        {
+        if self.peers.get(peer).is_some_and(|p| p.in_flight.is_some()) {
             // Simultaneous initiations: theirs is confirmed, so ours is superseded.
             self.retransmit.cancel(peer);
             self.drop_pending(peer);
@@ -946,8 +948,15 @@ impl<'a> Driver<'a> {
         let oldest_of = |it: &mut dyn Iterator<Item = (&u32, &PendingResponder)>| {
             it.min_by_key(|(_, p)| p.created).map(|(i, _)| *i)
         };
-        if self.pending_resp.values().filter(|p| p.peer == peer).count() >= MAX_PENDING_PER_PEER {
-            if let Some(i) = oldest_of(&mut self.pending_resp.iter().filter(|(_, p)| p.peer == peer))
+        if self
+            .pending_resp
+            .values()
+            .filter(|p| p.peer == peer)
+            .count()
+            >= MAX_PENDING_PER_PEER
+        {
+            if let Some(i) =
+                oldest_of(&mut self.pending_resp.iter().filter(|(_, p)| p.peer == peer))
             {
                 self.evict_pending(i, out);
             }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
 
-use super::sessions::{Driver, PeerSpec, Settings};
+use super::sessions::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER, PENDING_TIMEOUT};
 use crate::cert::{Ca, NodeCert, NodeCertRequest};
+use crate::clock::Now;
+use crate::handshake::{Initiator, InitiatorOptions};
 use crate::identity::Identity;
+use crate::transport::{fragment, KIND_HANDSHAKE};
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
 
@@ -17,6 +20,11 @@ fn addr(i: u8) -> SocketAddr {
 }
 
 fn cert(ca: &Ca, id: &Identity, name: &str, i: u8) -> NodeCert {
+    cert_valid(ca, id, name, i, 60)
+}
+
+/// A certificate valid from `slack` seconds before T0 to a day after.
+fn cert_valid(ca: &Ca, id: &Identity, name: &str, i: u8, slack: u64) -> NodeCert {
     let t = T0.as_secs();
     ca.sign(NodeCertRequest {
         public: id.public().clone(),
@@ -25,7 +33,7 @@ fn cert(ca: &Ca, id: &Identity, name: &str, i: u8) -> NodeCert {
         ipv6: vec![(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(i)), 64)],
         subnets: vec![],
         groups: vec![],
-        not_before: t - 60,
+        not_before: t - slack,
         not_after: t + 86_400,
     })
     .unwrap()
@@ -88,9 +96,10 @@ fn pump(
     b: &mut Driver<'_>,
     mut from_a: Vec<DownMsg>,
     mut from_b: Vec<DownMsg>,
-    now: Duration,
+    now: impl Into<Now>,
     drop: &mut dyn FnMut(usize, usize) -> bool,
 ) -> (Log, Log) {
+    let now: Now = now.into();
     let (mut la, mut lb) = (Log::default(), Log::default());
     let mut seq = 0usize;
     // What each side's dataplane holds as pending (`Next`): local index → peer id. When the
@@ -508,4 +517,373 @@ fn under_load_the_responder_asks_for_a_cookie_first() {
     // M1 (11) → cookie reply (1) → M1 with mac2 (11) → M2 (3) → A's confirming keepalive.
     assert_eq!(seen.len(), 27, "{seen:?}");
     assert_pair(&la.installs[0], &lb.installs[0]);
+}
+
+/// Where the attacker sends from: an address on the underlay that is neither node.
+fn mallory() -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, 66], 4444))
+}
+
+/// An initiation as `from` to `to`, built with `from`'s keys — what a quantum attacker (who
+/// can compute the static X25519 secret from the public key, but not the ML-KEM secret) can
+/// send — delivered to `d` from the attacker's address.
+fn forge(
+    d: &mut Driver<'_>,
+    from: &Identity,
+    from_cert: &NodeCert,
+    to_cert: &NodeCert,
+    n: &Net,
+    timestamp: Duration,
+    now: impl Into<Now>,
+) -> Vec<DownMsg> {
+    let now: Now = now.into();
+    let (_, m1) = Initiator::with_options(
+        from,
+        from_cert,
+        to_cert,
+        n.ca.public(),
+        0x0bad_0000 | (timestamp.subsec_nanos() & 0xffff),
+        now.wall,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        InitiatorOptions {
+            timestamp: Some(timestamp),
+            ..InitiatorOptions::default()
+        },
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for f in fragment(KIND_HANDSHAKE, timestamp.subsec_nanos(), &m1).unwrap() {
+        out.extend(d.handle_datagram(mallory(), &f, now));
+    }
+    out
+}
+
+/// What B's table says about A, to compare before and after an attack.
+fn state_of(d: &Driver<'_>, peer: u32) -> (Option<u32>, Option<u32>, Option<u32>, bool) {
+    let p = d.peers().get(peer).unwrap();
+    (
+        p.session.as_ref().map(|s| s.install.local_index),
+        p.previous.as_ref().map(|s| s.install.local_index),
+        p.in_flight,
+        p.endpoint == Some(addr(1)),
+    )
+}
+
+/// Forged initiations (even ones that pass every cryptographic check an outsider could make
+/// pass with a quantum computer) change nothing on the responder: no timestamp, no record
+/// rotation, no route or endpoint, no cancelled initiation; its pending session expires; the
+/// real rekeys before and after go through.
+#[test]
+fn forged_initiations_between_real_rekeys_change_nothing() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let mut b = driver(&n.b, &n.b_cert, &n, vec![(n.a_cert.clone(), 1)]);
+    let start = a.handle_timeout(T0);
+    let _ = pump(&mut a, &mut b, start, vec![], T0, &mut no_drop());
+    assert_eq!(b.stats().completed_responder, 1);
+    let a_id = n.a_cert.node_id();
+    let committed = b.responder().last_timestamp(&a_id);
+    let before = state_of(&b, 1);
+    // Two forgeries, one with a timestamp far ahead (within the skew bound, so that only the
+    // "commit nothing" rule protects the next real initiation), one at about now.
+    let t1 = T0 + Duration::from_secs(1);
+    for ts in [T0 + Duration::from_secs(250), t1] {
+        let out = forge(&mut b, &n.a, &n.a_cert, &n.b_cert, &n, ts, t1);
+        // B answers the attacker (it cannot tell) and installs a pending session; nothing else.
+        assert!(out.iter().any(|m| matches!(m,
+            DownMsg::InstallSession(s) if s.slot == Slot::Next && s.peer == 1)));
+        assert!(
+            out.iter().all(|m| match m {
+                DownMsg::SendControl { dst, .. } => *dst == mallory(),
+                DownMsg::InstallSession(s) => s.slot == Slot::Next,
+                _ => false,
+            }),
+            "{out:?}"
+        );
+        assert_eq!(b.responder().last_timestamp(&a_id), committed);
+        assert_eq!(state_of(&b, 1), before);
+    }
+    assert_eq!(b.pending_responder_sessions(), 2);
+    // Nobody confirms them: they leave the dataplane after PENDING_TIMEOUT.
+    let t2 = t1 + PENDING_TIMEOUT;
+    let out = b.handle_timeout(t2);
+    assert_eq!(
+        out.iter()
+            .filter(|m| matches!(m, DownMsg::RemoveSession { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(b.pending_responder_sessions(), 0);
+    assert_eq!(b.stats().pending_expired, 2);
+    assert_eq!(state_of(&b, 1), before);
+    // The real rekey (timestamp ≈ now, below the forged 250 s one) is accepted and confirmed.
+    let t3 = T0 + Duration::from_secs(120);
+    let ask = a.handle_timeout(t3);
+    assert!(!ask.is_empty());
+    let (la, lb) = pump(&mut a, &mut b, ask, vec![], t3, &mut no_drop());
+    assert_eq!(la.installs.len(), 1);
+    assert_eq!(lb.installs.len(), 1);
+    assert_eq!(b.stats().completed_responder, 2);
+    let after = state_of(&b, 1);
+    assert_eq!(after.0, Some(lb.installs[0].local_index));
+    assert_eq!(
+        after.1, before.0,
+        "the real session before the forgeries is now previous"
+    );
+    assert!(b.responder().last_timestamp(&a_id) > committed);
+}
+
+/// A forged initiation does not cancel the responder's own initiation in flight (even when
+/// the responder's node id is the larger, which yields on a real crossing).
+#[test]
+fn forged_initiation_does_not_cancel_our_own() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let mut b = driver(&n.b, &n.b_cert, &n, vec![(n.a_cert.clone(), 1)]);
+    // Make whichever of the two has the larger node id the victim with an initiation in flight.
+    let a_larger = n.a_cert.node_id() > n.b_cert.node_id();
+    let (victim, other_id, other_cert, victim_cert) = if a_larger {
+        (&mut a, &n.b, &n.b_cert, &n.a_cert)
+    } else {
+        (&mut b, &n.a, &n.a_cert, &n.b_cert)
+    };
+    let start = victim.handle_timeout(T0);
+    assert!(!start.is_empty());
+    let in_flight = victim.peers().get(1).unwrap().in_flight;
+    assert!(in_flight.is_some());
+    let t = T0 + Duration::from_millis(300);
+    let out = forge(victim, other_id, other_cert, victim_cert, &n, t, t);
+    assert!(out.iter().any(|m| matches!(m, DownMsg::InstallSession(_))));
+    assert_eq!(victim.peers().get(1).unwrap().in_flight, in_flight);
+}
+
+/// An initiation from a node we do not know (same CA) takes no peer-table entry, route or
+/// endpoint until confirmed; unconfirmed, its reserved peer leaves the dataplane again.
+#[test]
+fn unconfirmed_new_node_leaves_no_peer_route_or_endpoint() {
+    let n = net();
+    let c = Identity::generate().unwrap();
+    let c_cert = cert(&n.ca, &c, "gamma", 3);
+    let mut b = driver(&n.b, &n.b_cert, &n, vec![]);
+    let out = forge(&mut b, &c, &c_cert, &n.b_cert, &n, T0, T0);
+    let reserved = out
+        .iter()
+        .find_map(|m| match m {
+            DownMsg::InstallSession(s) => Some(s.peer),
+            _ => None,
+        })
+        .expect("a pending session");
+    assert!(out
+        .iter()
+        .all(|m| matches!(m, DownMsg::InstallSession(_) | DownMsg::SendControl { .. })));
+    assert!(b.peers().is_empty());
+    let out = b.handle_timeout(T0 + PENDING_TIMEOUT);
+    assert!(out.contains(&DownMsg::RemovePeer { peer: reserved }));
+    assert!(b.peers().is_empty());
+}
+
+/// A flood of forged initiations for one peer keeps at most MAX_PENDING_PER_PEER pending
+/// sessions; a real one that arrives in between is not displaced by fewer forgeries than that.
+#[test]
+fn pending_sessions_are_bounded_per_peer_and_the_real_one_survives() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let mut b = driver(&n.b, &n.b_cert, &n, vec![(n.a_cert.clone(), 1)]);
+    // A's real M1 reaches B; hold B's M2 back.
+    let m1 = a.handle_timeout(T0);
+    let mut m2 = Vec::new();
+    for m in m1 {
+        if let DownMsg::SendControl { payload, .. } = m {
+            m2.extend(b.handle_event(
+                UpMsg::ControlReceived {
+                    src: addr(1),
+                    payload,
+                },
+                T0,
+            ));
+        }
+    }
+    // MAX_PENDING_PER_PEER - 1 forgeries arrive before the M2 gets back.
+    for k in 1..MAX_PENDING_PER_PEER {
+        let t = T0 + Duration::from_millis(k as u64);
+        let _ = forge(&mut b, &n.a, &n.a_cert, &n.b_cert, &n, t, t);
+    }
+    assert_eq!(b.pending_responder_sessions(), MAX_PENDING_PER_PEER);
+    // The real one completes: A installs, B confirms it, and the forged ones go with it.
+    let (la, _) = pump(&mut a, &mut b, vec![], m2, T0, &mut no_drop());
+    assert_eq!(la.installs.len(), 1);
+    assert_eq!(b.stats().completed_responder, 1);
+    assert_eq!(b.pending_responder_sessions(), 0);
+    // A flood never exceeds the bound.
+    for k in 0..3 * MAX_PENDING_PER_PEER {
+        let t = T0 + Duration::from_millis(100 + k as u64);
+        let _ = forge(&mut b, &n.a, &n.a_cert, &n.b_cert, &n, t, t);
+        assert!(b.pending_responder_sessions() <= MAX_PENDING_PER_PEER);
+    }
+}
+
+/// A replayed cookie reply makes the initiator send nothing; an accepted one makes it resend
+/// its initiation only to the peer's endpoint, whatever the reply's source.
+#[test]
+fn cookie_replies_are_taken_once_and_resends_go_to_the_endpoint() {
+    let n = net();
+    let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
+    let settings = Settings {
+        load_threshold: 0,
+        ..Settings::default()
+    };
+    let mut b = Driver::new(
+        &n.b,
+        n.b_cert.clone(),
+        n.ca.public().clone(),
+        vec![],
+        settings,
+        T0,
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    for m in a.handle_timeout(T0) {
+        if let DownMsg::SendControl { payload, .. } = m {
+            reply.extend(b.handle_datagram(addr(1), &payload, T0));
+        }
+    }
+    let frames: Vec<Vec<u8>> = reply
+        .into_iter()
+        .filter_map(|m| match m {
+            DownMsg::SendControl { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames.len(), 1, "one cookie reply datagram");
+    // Delivered from the attacker's address: the resend still goes to B's endpoint.
+    let resend = a.handle_datagram(mallory(), &frames[0], T0);
+    assert!(!resend.is_empty());
+    assert!(resend
+        .iter()
+        .all(|m| matches!(m, DownMsg::SendControl { dst, .. } if *dst == addr(2))));
+    // The same reply again, from anywhere: nothing is sent.
+    assert!(a.handle_datagram(mallory(), &frames[0], T0).is_empty());
+    assert!(a.handle_datagram(addr(2), &frames[0], T0).is_empty());
+}
+
+/// Every timer runs on the monotonic clock: wall-clock jumps either way cause no rekey,
+/// retransmission or expiry, and handshakes go on after the wall clock went back past the
+/// last timestamp (initiators keep timestamps increasing).
+#[test]
+fn wall_clock_jumps_move_no_timer_and_handshakes_go_on() {
+    let n = net();
+    // Certificates valid long enough either side of T0 for the jumps below.
+    let a_cert = cert_valid(&n.ca, &n.a, "alpha", 1, 3 * 86_400);
+    let b_cert = cert_valid(&n.ca, &n.b, "beta", 2, 3 * 86_400);
+    let mut a = driver(&n.a, &a_cert, &n, vec![(b_cert.clone(), 2)]);
+    let mut b = driver(&n.b, &b_cert, &n, vec![(a_cert.clone(), 1)]);
+    let start = a.handle_timeout(T0);
+    let _ = pump(&mut a, &mut b, start, vec![], T0, &mut no_drop());
+    let sessions = (state_of(&a, 1), state_of(&b, 1));
+    let hour = Duration::from_secs(3600);
+    for (mono, wall) in [
+        (T0 + Duration::from_secs(5), T0 + 24 * hour),
+        (T0 + Duration::from_secs(10), T0 - 24 * hour),
+        (T0 + Duration::from_secs(60), T0 + 300 * hour),
+    ] {
+        let now = Now { mono, wall };
+        assert!(a.handle_timeout(now).is_empty(), "{now:?}");
+        assert!(b.handle_timeout(now).is_empty(), "{now:?}");
+        assert!(a.poll_timeout(now) <= mono + Duration::from_secs(1));
+        assert_eq!((state_of(&a, 1), state_of(&b, 1)), sessions);
+    }
+    // Both wall clocks went back a day; at the monotonic rekey time A renews, and B accepts
+    // its timestamp although it lies a day ahead of B's wall clock: it is just after the one
+    // B accepted last.
+    let now = Now {
+        mono: T0 + Duration::from_secs(120),
+        wall: T0 - 24 * hour,
+    };
+    let ask = a.handle_timeout(now);
+    assert!(!ask.is_empty());
+    let (la, lb) = pump(&mut a, &mut b, ask, vec![], now, &mut no_drop());
+    assert_eq!((la.installs.len(), lb.installs.len()), (1, 1));
+    assert_eq!(b.stats().completed_responder, 2);
+}
+
+/// Under load, a source that proved its address (valid cookie) still gets only a bounded rate
+/// of KEM work: WireGuard's per-source token bucket (burst 5, then 20 per second).
+#[test]
+fn under_load_a_proven_source_is_rate_limited() {
+    use crate::transport::{Reassembler, ReassemblyLimits};
+    let n = net();
+    let settings = Settings {
+        load_threshold: 0,
+        ..Settings::default()
+    };
+    let mut b = Driver::new(
+        &n.b,
+        n.b_cert.clone(),
+        n.ca.public().clone(),
+        vec![PeerSpec {
+            name: None,
+            cert: n.a_cert.clone(),
+            endpoint: addr(1),
+        }],
+        settings,
+        T0,
+    )
+    .unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let opts = |k: u32, cookie| InitiatorOptions {
+        cookie,
+        timestamp: Some(T0 + Duration::from_micros(u64::from(k))),
+        ..InitiatorOptions::default()
+    };
+    let deliver = |b: &mut Driver<'_>, m1: &[u8], id: u32| {
+        let mut out = Vec::new();
+        for f in fragment(KIND_HANDSHAKE, id, m1).unwrap() {
+            out.extend(b.handle_datagram(addr(1), &f, T0));
+        }
+        out
+    };
+    let (mut st, m1) = Initiator::with_options(
+        &n.a,
+        &n.a_cert,
+        &n.b_cert,
+        n.ca.public(),
+        1,
+        T0,
+        &rng,
+        opts(0, None),
+    )
+    .unwrap();
+    let mut rx = Reassembler::new(ReassemblyLimits::default());
+    let reply = deliver(&mut b, &m1, 1)
+        .into_iter()
+        .find_map(|m| match m {
+            DownMsg::SendControl { payload, .. } => {
+                rx.handle_datagram(addr(2), &payload, T0).ok()?
+            }
+            _ => None,
+        })
+        .expect("a cookie reply");
+    let _ = st.handle_cookie_reply(&reply.payload).unwrap();
+    let cookie = st.cookie();
+    let mut answered = 0;
+    for k in 1..=40u32 {
+        let (_, m1) = Initiator::with_options(
+            &n.a,
+            &n.a_cert,
+            &n.b_cert,
+            n.ca.public(),
+            10 + k,
+            T0,
+            &rng,
+            opts(k, cookie),
+        )
+        .unwrap();
+        let out = deliver(&mut b, &m1, 100 + k);
+        answered += usize::from(out.iter().any(|m| matches!(m, DownMsg::InstallSession(_))));
+    }
+    assert_eq!(
+        answered, 5,
+        "the burst, then nothing within the same instant"
+    );
+    assert_eq!(b.stats().rate_limited, 35);
 }

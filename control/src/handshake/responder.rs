@@ -321,8 +321,16 @@ impl<'a> Responder<'a> {
         if self.last_ts.get(&peer_id).is_some_and(|last| ts <= *last) {
             return Err(HandshakeError::Replay);
         }
+        // At most MAX_FUTURE_SKEW ahead of our clock, or of the last timestamp we accepted
+        // from that node: initiators keep their timestamps increasing when their wall clock
+        // jumps back, and if ours jumped back with theirs this still lets them in.
         let sent_at = super::tai64n_time(&ts).ok_or(bad("a valid timestamp"))?;
-        if sent_at > now + MAX_FUTURE_SKEW {
+        let reference = self
+            .last_ts
+            .get(&peer_id)
+            .and_then(super::tai64n_time)
+            .map_or(now, |last| last.max(now));
+        if sent_at > reference + MAX_FUTURE_SKEW {
             return Err(HandshakeError::FutureTimestamp {
                 ahead_secs: sent_at.saturating_sub(now).as_secs(),
                 max_secs: MAX_FUTURE_SKEW.as_secs(),

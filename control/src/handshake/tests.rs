@@ -558,7 +558,9 @@ fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
         )
         .unwrap();
         assert!(M1::parse(&forged).is_ok());
-        let err = r.handle_initiation(&forged, src(), NOW, false, 9).unwrap_err();
+        let err = r
+            .handle_initiation(&forged, src(), NOW, false, 9)
+            .unwrap_err();
         // The full-certificate form fails at the timestamp payload; the hash form earlier,
         // since B has not cached A's certificate.
         assert!(
@@ -608,7 +610,10 @@ fn timestamps_too_far_ahead_of_our_clock_are_refused() {
     };
     let (_, m1) = start(&n, opts(MAX_FUTURE_SKEW + Duration::from_secs(1)), NOW);
     let err = r.handle_initiation(&m1, src(), NOW, false, 1).unwrap_err();
-    assert!(matches!(err, HandshakeError::FutureTimestamp { .. }), "{err}");
+    assert!(
+        matches!(err, HandshakeError::FutureTimestamp { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("NTP"));
     let (_, m1) = start(&n, opts(MAX_FUTURE_SKEW - Duration::from_secs(1)), NOW);
     let _ = reply(r.handle_initiation(&m1, src(), NOW, false, 2).unwrap());
