@@ -271,6 +271,21 @@ pub struct HandshakeInfo {
     pub refused: u64,
     /// Initiations abandoned.
     pub gave_up: u64,
+    /// Control datagrams that did not reassemble (malformed, evicted, timed out).
+    #[serde(default)]
+    pub dropped_datagrams: u64,
+    /// Initiations refused by the per-source rate limit under load.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Responder sessions never confirmed (forged, or the initiator went away).
+    #[serde(default)]
+    pub pending_expired: u64,
+    /// Responder sessions waiting for key confirmation now.
+    #[serde(default)]
+    pub pending: u64,
+    /// New peers refused because their addresses overlap a known peer's.
+    #[serde(default)]
+    pub route_conflicts: u64,
 }
 
 /// One peer, in `/v1/status` and `/v1/peers`.

@@ -89,6 +89,28 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         count: u64,
     },
+    /// Attacks a node's data port with only public data: initiations forged in a peer's
+    /// name, cookie-reply-shaped datagrams, and a flood of control fragments; prints counts.
+    Attack {
+        /// The victim's data port.
+        #[arg(long)]
+        to: SocketAddr,
+        /// The victim's certificate.
+        #[arg(long)]
+        victim_cert: std::path::PathBuf,
+        /// The certificate of the peer to impersonate.
+        #[arg(long = "as")]
+        as_cert: std::path::PathBuf,
+        /// The network CA's public key.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// Seconds to attack.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Flood datagrams per second at most (0: forged messages only).
+        #[arg(long, default_value_t = 20_000)]
+        flood_pps: u64,
+    },
 }
 
 /// Parses sizes like 200M, 1G, 4096.
@@ -150,6 +172,29 @@ pub fn run(cmd: BenchCmd, clock: fn() -> Duration) -> anyhow::Result<()> {
             cipher,
             count,
         } => junk(to, receiver_index, &key, &cipher, count),
+        BenchCmd::Attack {
+            to,
+            victim_cert,
+            as_cert,
+            ca,
+            secs,
+            flood_pps,
+        } => {
+            let plan = crate::attack::AttackPlan {
+                to,
+                victim_cert,
+                as_cert,
+                ca,
+                secs,
+                flood_pps,
+            };
+            let r = crate::attack::run(&plan, clock)?;
+            println!(
+                "forged={} cookie_replies={} flood={}",
+                r.forged, r.cookie_replies, r.flood
+            );
+            Ok(())
+        }
     }
 }
 

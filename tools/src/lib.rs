@@ -1,6 +1,7 @@
 //! The `shadowmesh` tool's library: the pieces the CLI, the demo and the root-only tests share.
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod bench;
 pub mod demo;
 pub mod keys;

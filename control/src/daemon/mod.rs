@@ -163,6 +163,11 @@ fn snapshot(d: &Driver<'_>, name: &str, connected: bool, socket: &str, now: Now)
             completed_responder: st.completed_responder,
             refused: st.refused,
             gave_up: st.gave_up,
+            dropped_datagrams: st.dropped_datagrams,
+            rate_limited: st.rate_limited,
+            pending_expired: st.pending_expired,
+            pending: d.pending_responder_sessions() as u64,
+            route_conflicts: st.route_conflicts,
         },
         peers: d
             .peers()
