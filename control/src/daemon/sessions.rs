@@ -296,6 +296,7 @@ impl<'a> Driver<'a> {
                 }
             }
             UpMsg::Ack | UpMsg::Error { .. } | UpMsg::Stats(_) => {}
+            UpMsg::SessionConfirmed { .. } => {}
         }
         out
     }
