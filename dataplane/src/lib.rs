@@ -10,6 +10,7 @@ pub mod engine;
 pub mod ipc;
 pub mod node;
 pub mod offload;
+pub mod ratelimit;
 pub mod replay;
 pub mod routing;
 pub mod session;

@@ -130,7 +130,7 @@ pub fn run(
             backend,
             vnet_hdr: tun_offload,
             pin: cfg.pin,
-            event_queue: 4096,
+            ..EngineConfig::default()
         },
         ios,
         clock,
@@ -145,17 +145,24 @@ pub fn run(
     );
 
     let server = IpcServer::bind(&cfg.socket)?;
+    // Events and control datagrams travel on separate queues all the way to the socket, each
+    // with its own forwarder, so a datagram flood that fills its queue (and blocks its
+    // forwarder) holds no event back.
     let (up_tx, up_rx) = bounded::<UpMsg>(4096);
+    let (dgram_tx, dgram_rx) = bounded::<UpMsg>(4096);
     let ipc_stop = AtomicBool::new(false);
     ready(local, backend);
     let result = std::thread::scope(|scope| {
         let forwarder = scope.spawn(|| forward_events(engine.events(), &up_tx, &ipc_stop));
+        let dgram_forwarder = scope.spawn(|| {
+            forward_events(engine.control_datagrams(), &dgram_tx, &ipc_stop);
+        });
         let ipc = scope.spawn(|| {
             let mut handler = EngineHandler {
                 engine: &engine,
                 clock,
             };
-            server.run(&mut handler, up_rx, &ipc_stop)
+            server.run_split(&mut handler, up_rx, dgram_rx, &ipc_stop)
         });
         // Supervise: stop on request, on Shutdown, or when a worker ends.
         let mut outcome: Result<(), NodeError> = Ok(());
@@ -176,6 +183,7 @@ pub fn run(
             tracing::warn!("IPC server: {e}");
         }
         let _ = forwarder.join();
+        let _ = dgram_forwarder.join();
         outcome
     });
     let stopped = engine.stop();
@@ -198,6 +206,9 @@ fn forward_events(events: &Receiver<Event>, up: &Sender<UpMsg>, stop: &AtomicBoo
             },
             Event::RekeyNeeded { peer, local_index } => UpMsg::RekeyNeeded { peer, local_index },
             Event::EndpointChanged { peer, addr } => UpMsg::EndpointChanged { peer, addr },
+            Event::SessionConfirmed { peer, local_index } => {
+                UpMsg::SessionConfirmed { peer, local_index }
+            }
         };
         // Back-pressure instead of loss: while the IPC thread is behind, this waits, the
         // engine's bounded event queue fills, and the workers count what they drop.
@@ -376,6 +387,7 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::NoSession => P::NoSession,
         DropCause::SourceNotAllowed => P::SourceNotAllowed,
         DropCause::NoBuffer | DropCause::EventQueueFull => P::QueueFull,
+        DropCause::ControlRateLimited => P::RateLimited,
     };
     p.index()
 }

@@ -287,9 +287,20 @@ impl Session {
     }
 
     /// Opens a received data message addressed to this session: expiry check, tag
-    /// verification, then the replay window. Returns the plaintext range.
+    /// verification, then the replay window. Returns the plaintext range. Marks the session
+    /// confirmed (see [`Session::open_confirming`] to learn whether this call did).
     #[inline]
     pub fn open(&self, datagram: &mut [u8], now: Duration) -> Result<Range<usize>, OpenRefused> {
+        self.open_confirming(datagram, now).map(|(range, _)| range)
+    }
+
+    /// Expiry check, tag verification, then the replay window.
+    #[inline]
+    fn open_unconfirmed(
+        &self,
+        datagram: &mut [u8],
+        now: Duration,
+    ) -> Result<Range<usize>, OpenRefused> {
         if !self.receive_alive(now) {
             return Err(OpenRefused::Expired);
         }
@@ -312,28 +323,52 @@ impl Session {
         if !fresh {
             return Err(OpenRefused::Replayed);
         }
-        if !self.confirmed.load(Ordering::Relaxed) {
-            self.confirmed.store(true, Ordering::Relaxed);
-        }
         Ok(range)
+    }
+
+    /// [`Session::open`], and whether this call confirmed the session: the first
+    /// authenticated message on it, across all workers. Exactly one call per session ever
+    /// returns `true` (an atomic swap decides), so exactly one worker reports it; the swap is
+    /// only tried while the flag is clear, so confirmed sessions cost a plain load per packet.
+    #[inline]
+    pub fn open_confirming(
+        &self,
+        datagram: &mut [u8],
+        now: Duration,
+    ) -> Result<(Range<usize>, bool), OpenRefused> {
+        let range = self.open_unconfirmed(datagram, now)?;
+        let first = !self.confirmed.load(Ordering::Relaxed)
+            && !self.confirmed.swap(true, Ordering::Relaxed);
+        Ok((range, first))
     }
 }
 
+/// Most responder sessions one peer may have awaiting key confirmation at once. A forged
+/// initiation can make the control plane install a pending session whose keys nobody holds;
+/// with room for several, it can only push out the oldest pending one, never `current` or
+/// `previous`, and a real initiation answered after up to `MAX_PENDING - 1` forged ones is
+/// still there when the initiator's first packet arrives.
+pub const MAX_PENDING: usize = 8;
+
 /// A peer's sessions during rotation.
 ///
-/// The responder installs a new session as `next` (it may not send on it before key
-/// confirmation); the first authenticated packet on `next` promotes it to `current`. The
+/// The responder installs each new session as *pending* (it may not send on it before key
+/// confirmation; up to [`MAX_PENDING`], the oldest pushed out first); the first authenticated
+/// packet on a pending session promotes it to `current` and drops the other pending ones. The
 /// initiator installs directly as `current`. The displaced `current` becomes `previous` so
-/// packets still in flight on it are received. Methods return the session that dropped out
-/// entirely, so the caller can unmap its index.
+/// packets still in flight on it are received. Methods hand back (by return value or through
+/// a `gone` callback) every session that dropped out entirely, so the caller can unmap its
+/// index.
 #[derive(Debug, Default, Clone)]
 pub struct PeerSessions {
     /// The session used for sending.
     pub current: Option<Arc<Session>>,
     /// The session replaced by `current`, kept for receiving in-flight packets.
     pub previous: Option<Arc<Session>>,
-    /// A responder's new session awaiting key confirmation.
-    pub next: Option<Arc<Session>>,
+    /// Responder sessions awaiting key confirmation, oldest first, at most [`MAX_PENDING`].
+    /// Private so that bound holds; empty on the hot path almost always, so every scan of it
+    /// is guarded by its length (no walk over empty slots per packet).
+    pending: Vec<Arc<Session>>,
 }
 
 impl PeerSessions {
@@ -342,44 +377,118 @@ impl PeerSessions {
         Self::default()
     }
 
-    /// Installs a responder-side session awaiting confirmation; returns the `next` it replaced.
+    /// Adds a responder-side session awaiting confirmation. Returns the session that dropped
+    /// out: a pending one with the same index (replaced), or else, when all [`MAX_PENDING`]
+    /// places are taken, the oldest pending one. `current` and `previous` are untouched.
     pub fn install_next(&mut self, s: Arc<Session>) -> Option<Arc<Session>> {
-        self.next.replace(s)
+        let gone = if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.local_index == s.local_index)
+        {
+            Some(self.pending.remove(i))
+        } else if self.pending.len() >= MAX_PENDING {
+            Some(self.pending.remove(0))
+        } else {
+            None
+        };
+        if self.pending.capacity() == 0 {
+            // One allocation for the peer's life, on the control path.
+            self.pending.reserve_exact(MAX_PENDING);
+        }
+        self.pending.push(s);
+        gone
     }
 
     /// Installs an initiator-side session as `current`; the old current becomes `previous`.
-    /// Returns the old `previous`, now gone.
+    /// Returns the old `previous`, now gone. Pending sessions are untouched.
     pub fn install_current(&mut self, s: Arc<Session>) -> Option<Arc<Session>> {
         let old_current = self.current.replace(s);
         core::mem::replace(&mut self.previous, old_current)
     }
 
+    /// The sessions awaiting confirmation, oldest first.
+    pub fn pending(&self) -> &[Arc<Session>] {
+        &self.pending
+    }
+
     /// The session with `local_index`, whichever slot it is in.
     #[inline]
     pub fn find(&self, local_index: u32) -> Option<&Arc<Session>> {
-        [&self.current, &self.next, &self.previous]
-            .into_iter()
-            .flatten()
-            .find(|s| s.local_index == local_index)
-    }
-
-    /// Whether `local_index` is the `next` session (a receive on it must then call
-    /// [`PeerSessions::confirm`]).
-    #[inline]
-    pub fn is_next(&self, local_index: u32) -> bool {
-        self.next
-            .as_ref()
-            .is_some_and(|s| s.local_index == local_index)
-    }
-
-    /// Call after a message authenticated on `local_index`: if it is `next`, promote it to
-    /// `current` (old current → previous). Returns the old `previous`, now gone.
-    pub fn confirm(&mut self, local_index: u32) -> Option<Arc<Session>> {
-        if !self.is_next(local_index) {
+        for s in [&self.current, &self.previous].into_iter().flatten() {
+            if s.local_index == local_index {
+                return Some(s);
+            }
+        }
+        if self.pending.is_empty() {
             return None;
         }
-        let next = self.next.take()?;
-        self.install_current(next)
+        self.pending.iter().find(|s| s.local_index == local_index)
+    }
+
+    /// Whether `local_index` is a pending session (a receive on it must then call
+    /// [`PeerSessions::confirm`]).
+    #[inline]
+    pub fn is_pending(&self, local_index: u32) -> bool {
+        !self.pending.is_empty() && self.pending.iter().any(|s| s.local_index == local_index)
+    }
+
+    /// The local index of a pending session that some worker has already seen authenticated
+    /// (so it should be promoted here too before sending). Costs one length check when nothing
+    /// is pending.
+    #[inline]
+    pub fn confirmed_pending(&self) -> Option<u32> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.pending
+            .iter()
+            .find(|s| s.confirmed())
+            .map(|s| s.local_index)
+    }
+
+    /// Call after a message authenticated on `local_index`: if it is pending, promote it to
+    /// `current` (old current → previous) and drop every other pending session. Calls `gone`
+    /// for each session that dropped out (the other pending ones and the old `previous`).
+    /// Returns whether a promotion happened.
+    pub fn confirm(&mut self, local_index: u32, mut gone: impl FnMut(Arc<Session>)) -> bool {
+        let Some(i) = self
+            .pending
+            .iter()
+            .position(|s| s.local_index == local_index)
+        else {
+            return false;
+        };
+        let promoted = self.pending.swap_remove(i);
+        for other in self.pending.drain(..) {
+            gone(other);
+        }
+        if let Some(old) = self.install_current(promoted) {
+            gone(old);
+        }
+        true
+    }
+
+    /// Removes the session with `local_index` from whichever slot holds it.
+    pub fn remove(&mut self, local_index: u32) -> Option<Arc<Session>> {
+        for slot in [&mut self.current, &mut self.previous] {
+            if slot.as_ref().is_some_and(|s| s.local_index == local_index) {
+                return slot.take();
+            }
+        }
+        let i = self
+            .pending
+            .iter()
+            .position(|s| s.local_index == local_index)?;
+        Some(self.pending.remove(i))
+    }
+
+    /// Every session of the peer: current, previous, then the pending ones.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Session>> {
+        [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .chain(self.pending.iter())
     }
 
     /// The session to send on, if any.
@@ -390,11 +499,19 @@ impl PeerSessions {
 
     /// Drops sessions whose receive keys expired at `now`; calls `gone` for each.
     pub fn expire(&mut self, now: Duration, mut gone: impl FnMut(Arc<Session>)) {
-        for slot in [&mut self.current, &mut self.previous, &mut self.next] {
+        for slot in [&mut self.current, &mut self.previous] {
             if slot.as_ref().is_some_and(|s| !s.receive_alive(now)) {
                 if let Some(s) = slot.take() {
                     gone(s);
                 }
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].receive_alive(now) {
+                i += 1;
+            } else {
+                gone(self.pending.remove(i));
             }
         }
     }
@@ -453,7 +570,7 @@ mod tests {
             .ok_or(OpenRefused::Malformed)?
             .clone();
         let r = s.open(&mut d, now)?;
-        let _ = ps.confirm(h.receiver_index);
+        let _ = ps.confirm(h.receiver_index, drop);
         Ok(d[r][0])
     }
 
@@ -586,7 +703,7 @@ mod tests {
         }
         assert_eq!(b.current.as_ref().unwrap().local_index, 201);
         assert_eq!(b.previous.as_ref().unwrap().local_index, 200);
-        assert!(b.next.is_none());
+        assert!(b.pending().is_empty());
         got_b.sort_unstable();
         assert_eq!(got_b, vec![10, 11, 12, 13, 14, 40, 41, 42, 43, 44]);
 
@@ -616,7 +733,7 @@ mod tests {
         ps.install_current(b1);
         assert!(ps.find(2).is_some());
         assert!(ps.find(3).is_none());
-        assert!(ps.confirm(2).is_none());
+        assert!(!ps.confirm(2, drop));
         assert_eq!(ps.current.as_ref().unwrap().local_index, 2);
     }
 }

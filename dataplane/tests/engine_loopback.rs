@@ -738,11 +738,15 @@ fn control_datagrams_go_up_and_out() {
     p.b.wire.inject_udp(A_ADDR, &ctl, ctl.len());
     p.pump();
     assert_eq!(
-        p.b.take_events(),
+        p.b.take_control(),
         vec![Event::ControlReceived {
             src: A_ADDR,
             payload: ctl.to_vec()
         }]
+    );
+    assert!(
+        p.b.take_events().is_empty(),
+        "datagrams go on their own queue"
     );
     assert_eq!(p.b.totals().control_rx, 1);
     p.b.command(Command::SendControl {

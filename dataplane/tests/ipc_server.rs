@@ -249,7 +249,8 @@ fn version_mismatch_is_reported_with_both_versions() {
     }
     let text = err.to_string();
     assert!(
-        text.contains("version 1") && text.contains("version 2"),
+        text.contains(&format!("version {}", proto::PROTOCOL_VERSION))
+            && text.contains(&format!("version {}", proto::PROTOCOL_VERSION + 1)),
         "{text}"
     );
     // The server is still serving.

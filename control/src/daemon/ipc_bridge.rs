@@ -4,6 +4,13 @@
 //!
 //! Owns the IPC connection's life only. It never interprets events (the driver does) and never
 //! asks the dataplane to shut down: sessions must outlive the control plane.
+//!
+//! Engine events (`NoSession`, `RekeyNeeded`, `EndpointChanged`, `SessionConfirmed`) and the
+//! connection's state are delivered with back-pressure and never dropped here; control
+//! datagrams (`ControlReceived`) are offered without waiting and dropped (counted, logged)
+//! when their channel is full, so a datagram flood can neither block the bridge nor push an
+//! event out. With [`Bridge::spawn_split`] datagrams also get a channel of their own, so they
+//! cannot fill the one events need either.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -60,16 +67,37 @@ impl Bridge {
     ///
     /// # Errors
     /// The OS refused to start a thread.
+    /// Events and control datagrams share `events`; datagrams are dropped when it is full.
+    ///
+    /// # Errors
+    /// The OS refused to start a thread.
     pub fn spawn(
         socket: PathBuf,
         events: mpsc::Sender<BridgeEvent>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let datagrams = events.clone();
+        Self::spawn_split(socket, events, datagrams)
+    }
+
+    /// Like [`Bridge::spawn`], with control datagrams (`BridgeEvent::Event(ControlReceived)`)
+    /// on `datagrams` and everything else on `events`. Read `events` first (e.g. a `biased`
+    /// `select!` with it as the first branch): then nothing a flood of datagrams does can
+    /// delay an event by more than one datagram's handling.
+    ///
+    /// # Errors
+    /// The OS refused to start a thread.
+    pub fn spawn_split(
+        socket: PathBuf,
+        events: mpsc::Sender<BridgeEvent>,
+        datagrams: mpsc::Sender<BridgeEvent>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let wake = Arc::new(Wakeup::new().map_err(std::io::Error::other)?);
         let w = Arc::clone(&wake);
+        let up = Up { events, datagrams };
         let handle = std::thread::Builder::new()
             .name("dataplane-ipc".into())
-            .spawn(move || run(&socket, &rx, &events, &w))?;
+            .spawn(move || run(&socket, &rx, &up, &w))?;
         Ok((Self { tx, wake }, handle))
     }
 
@@ -101,12 +129,14 @@ impl Bridge {
     }
 }
 
-fn run(
-    socket: &std::path::Path,
-    rx: &Receiver<Command>,
-    events: &mpsc::Sender<BridgeEvent>,
-    wake: &Wakeup,
-) {
+/// Where the bridge delivers what the dataplane says.
+struct Up {
+    events: mpsc::Sender<BridgeEvent>,
+    datagrams: mpsc::Sender<BridgeEvent>,
+}
+
+fn run(socket: &std::path::Path, rx: &Receiver<Command>, up: &Up, wake: &Wakeup) {
+    let events = &up.events;
     let mut backoff = MIN_BACKOFF;
     let mut logged_down = false;
     loop {
@@ -118,7 +148,7 @@ fn run(
                 if events.blocking_send(BridgeEvent::Connected).is_err() {
                     return;
                 }
-                match serve(client, rx, events, wake) {
+                match serve(client, rx, up, wake) {
                     Ok(()) => return,
                     Err(e) => {
                         warn!("dataplane connection lost: {e}; reconnecting");
@@ -171,11 +201,13 @@ fn fatal(e: &IpcError) -> bool {
 fn serve(
     mut client: IpcClient,
     rx: &Receiver<Command>,
-    events: &mpsc::Sender<BridgeEvent>,
+    up: &Up,
     wake: &Wakeup,
 ) -> Result<(), IpcError> {
     let mut ready = [false; 2];
     let mut reported_drops = 0;
+    let mut datagrams_dropped: u64 = 0;
+    let mut reported_datagram_drops = 0;
     loop {
         // Drain the wake pipe before the queue: a command queued after the queue looks empty
         // leaves the pipe readable, so the poll below returns at once for it.
@@ -208,10 +240,25 @@ fn serve(
         }
         // Everything already received (including events queued while waiting for replies),
         // without waiting: a zero timeout only reads what is there.
+        // The client hands out engine events before datagrams.
         while let Some(ev) = client.recv_event(Duration::ZERO)? {
-            if events.blocking_send(BridgeEvent::Event(ev)).is_err() {
+            if matches!(ev, UpMsg::ControlReceived { .. }) {
+                match up.datagrams.try_send(BridgeEvent::Event(ev)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => datagrams_dropped += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                }
+            } else if up.events.blocking_send(BridgeEvent::Event(ev)).is_err() {
                 return Ok(());
             }
+        }
+        // Logged at each doubling, so a flood cannot flood the log too.
+        if datagrams_dropped > 0 && datagrams_dropped >= reported_datagram_drops * 2 {
+            warn!(
+                dropped = datagrams_dropped,
+                "control datagrams dropped: the control plane is behind"
+            );
+            reported_datagram_drops = datagrams_dropped;
         }
         let dropped = client.events_dropped();
         if dropped > reported_drops {

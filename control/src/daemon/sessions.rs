@@ -401,6 +401,7 @@ impl<'a> Driver<'a> {
                 }
             }
             UpMsg::Ack | UpMsg::Error { .. } | UpMsg::Stats(_) => {}
+            UpMsg::SessionConfirmed { .. } => {}
         }
         out
     }

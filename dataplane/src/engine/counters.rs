@@ -41,11 +41,13 @@ pub enum DropCause {
     EventQueueFull = 12,
     /// Session refused to send (expired or counters exhausted).
     SendRefused = 13,
+    /// Control datagram over its source's or the worker's rate (see [`crate::ratelimit`]).
+    ControlRateLimited = 14,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     /// Every cause, in counter-index order.
     pub const ALL: [DropCause; Self::COUNT] = [
         Self::Garbage,
@@ -62,6 +64,7 @@ impl DropCause {
         Self::NoBuffer,
         Self::EventQueueFull,
         Self::SendRefused,
+        Self::ControlRateLimited,
     ];
 
     /// A stable snake_case name for status output and metrics.
@@ -81,6 +84,7 @@ impl DropCause {
             Self::NoBuffer => "no_buffer",
             Self::EventQueueFull => "event_queue_full",
             Self::SendRefused => "send_refused",
+            Self::ControlRateLimited => "control_rate_limited",
         }
     }
 }

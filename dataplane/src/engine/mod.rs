@@ -3,9 +3,11 @@
 //!
 //! Workers share nothing mutable on the packet path. Sessions are `Arc`s with atomic send
 //! counters; routes and peers are per-worker copies changed by [`Command`]s broadcast from the
-//! IPC thread; counters are per worker and published once per loop turn. Events for the control
-//! plane (control datagrams, "no session", "rekey needed", roaming) leave through one bounded
-//! channel.
+//! IPC thread; counters are per worker and published once per loop turn. What goes up to the control plane
+//! leaves through two bounded channels: engine events ("no session", "rekey needed", roaming,
+//! key confirmation) on one, control datagrams on another, so that a flood of datagrams
+//! (already cut by per-source token buckets, [`crate::ratelimit`]) can never fill the queue
+//! the events need.
 //!
 //! Must never: let one flow's packets be handled by two workers at once (a TUN queue pairs with
 //! one socket and one worker), block a worker without a time bound, or allocate per packet.
@@ -27,6 +29,7 @@ use shadowmesh_platform::io::uring::{UringConfig, UringIo};
 use shadowmesh_platform::tun::TunQueue;
 use shadowmesh_platform::udp::UdpSock;
 
+use crate::ratelimit::ControlLimits;
 use crate::session::PeerId;
 use counters::{PeerCounterRegistry, WorkerCounters, WorkerTotals};
 pub use tables::{Command, Slot};
@@ -62,6 +65,16 @@ pub enum Event {
         peer: PeerId,
         /// Its new address.
         addr: SocketAddr,
+    },
+    /// Key confirmation: the first authenticated packet arrived on a pending (`Slot::Next`)
+    /// session, which is now the peer's current one; the peer's other pending sessions are
+    /// dropped. Emitted once per session, by whichever worker authenticated it first (never
+    /// for a session installed as `Slot::Current`).
+    SessionConfirmed {
+        /// The peer.
+        peer: PeerId,
+        /// The session's local index.
+        local_index: u32,
     },
 }
 
@@ -104,8 +117,12 @@ pub struct EngineConfig {
     pub vnet_hdr: bool,
     /// Pin worker i to core i (modulo the core count).
     pub pin: bool,
-    /// Bound of the event queue towards the control plane.
+    /// Bound of the event queue towards the control plane (events other than datagrams).
     pub event_queue: usize,
+    /// Bound of the control-datagram queue towards the control plane.
+    pub control_queue: usize,
+    /// Rate limits for control datagrams, per worker.
+    pub control_limits: ControlLimits,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +132,8 @@ impl Default for EngineConfig {
             vnet_hdr: true,
             pin: true,
             event_queue: 4096,
+            control_queue: 4096,
+            control_limits: ControlLimits::DEFAULT,
         }
     }
 }
@@ -123,6 +142,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     commands: Vec<Sender<Command>>,
     events: Receiver<Event>,
+    control: Receiver<Event>,
     counters: Vec<Arc<WorkerCounters>>,
     peer_counters: Vec<PeerCounterRegistry>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
@@ -157,11 +177,13 @@ impl Engine {
         clock: fn() -> Duration,
     ) -> std::io::Result<Engine> {
         let (event_tx, event_rx) = bounded(cfg.event_queue);
+        let (control_tx, control_rx) = bounded(cfg.control_queue);
         let stop = Arc::new(AtomicBool::new(false));
         let cores = shadowmesh_platform::pin::online_cores().max(1);
         let mut engine = Engine {
             commands: Vec::new(),
             events: event_rx,
+            control: control_rx,
             counters: Vec::new(),
             peer_counters: Vec::new(),
             threads: Vec::new(),
@@ -177,6 +199,8 @@ impl Engine {
                 vnet_hdr: cfg.vnet_hdr,
                 commands: cmd_rx,
                 events: event_tx.clone(),
+                control: control_tx.clone(),
+                control_limits: cfg.control_limits,
                 counters: Arc::clone(&counters),
                 peer_counters: Arc::clone(&registry),
                 clock,
@@ -221,9 +245,14 @@ impl Engine {
         }
     }
 
-    /// Events for the control plane.
+    /// Events for the control plane (never [`Event::ControlReceived`]).
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
+    }
+
+    /// Control datagrams for the control plane ([`Event::ControlReceived`] only).
+    pub fn control_datagrams(&self) -> &Receiver<Event> {
+        &self.control
     }
 
     /// The backend the engine was asked to use.

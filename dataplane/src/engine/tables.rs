@@ -79,7 +79,7 @@ pub enum Command {
 /// One peer, as a worker sees it.
 #[derive(Debug)]
 pub struct PeerEntry {
-    /// Its current / previous / next sessions.
+    /// Its current / previous / pending sessions.
     pub sessions: PeerSessions,
     /// Where its datagrams go (None until known).
     pub endpoint: Option<SocketAddr>,
@@ -87,8 +87,14 @@ pub struct PeerEntry {
     pub counters: Arc<PeerCounters>,
     /// When this worker last asked for a handshake with it (rate limit).
     pub last_no_session_event: Option<Duration>,
-    /// Local index of the session a rekey was last asked for.
-    pub rekey_asked_for: Option<u32>,
+    /// The session a rekey was last asked for, and when: set only once the event was queued,
+    /// so a request lost to a full queue is asked again, and again after an interval while
+    /// the session still needs it (the control plane may have lost it further up).
+    pub rekey_asked: Option<(u32, Duration)>,
+    /// A `SessionConfirmed` this worker owes the control plane (its queue was full).
+    pub owed_confirm: Option<u32>,
+    /// An `EndpointChanged` this worker owes the control plane (its queue was full).
+    pub owed_endpoint: bool,
 }
 
 impl PeerEntry {
@@ -98,7 +104,9 @@ impl PeerEntry {
             endpoint: None,
             counters,
             last_no_session_event: None,
-            rekey_asked_for: None,
+            rekey_asked: None,
+            owed_confirm: None,
+            owed_endpoint: false,
         }
     }
 }
@@ -159,7 +167,7 @@ impl Tables {
                     Slot::Next => entry.sessions.install_next(session),
                     Slot::Current => entry.sessions.install_current(session),
                 };
-                // A session pushed out of the three slots no longer receives.
+                // A session pushed out of every slot no longer receives.
                 if let Some(old) = replaced {
                     if entry.sessions.find(old.local_index).is_none() {
                         self.by_index.remove(&old.local_index);
@@ -170,15 +178,7 @@ impl Tables {
             Command::RemoveSession { local_index } => {
                 if let Some(peer) = self.by_index.remove(&local_index) {
                     if let Some(entry) = self.peers.get_mut(&peer) {
-                        for slot in [
-                            &mut entry.sessions.current,
-                            &mut entry.sessions.previous,
-                            &mut entry.sessions.next,
-                        ] {
-                            if slot.as_ref().is_some_and(|s| s.local_index == local_index) {
-                                *slot = None;
-                            }
-                        }
+                        let _ = entry.sessions.remove(local_index);
                     }
                 }
             }
@@ -211,16 +211,19 @@ impl Tables {
         }
     }
 
-    /// Promotes `local_index` from `next` to `current` for `peer` if it is the next session,
-    /// forgetting the index of the session that falls out of `previous`.
-    pub fn confirm(&mut self, peer: PeerId, local_index: u32) {
-        if let Some(entry) = self.peers.get_mut(&peer) {
-            if let Some(gone) = entry.sessions.confirm(local_index) {
-                if entry.sessions.find(gone.local_index).is_none() {
-                    self.by_index.remove(&gone.local_index);
-                }
+    /// Promotes `local_index` from pending to `current` for `peer` if it is pending, forgetting
+    /// the indices of the sessions that drop out (the peer's other pending sessions and the
+    /// old `previous`). Returns whether a promotion happened.
+    pub fn confirm(&mut self, peer: PeerId, local_index: u32) -> bool {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let by_index = &mut self.by_index;
+        entry.sessions.confirm(local_index, |gone| {
+            if by_index.get(&gone.local_index) == Some(&peer) {
+                by_index.remove(&gone.local_index);
             }
-        }
+        })
     }
 
     /// Drops sessions whose receive keys expired.

@@ -11,6 +11,7 @@
 //! Must never: allocate, lock, or make a system call per packet (the backend batches them);
 //! reorder one flow; panic on anything that arrives.
 
+use std::collections::hash_map::RandomState;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use shadowmesh_platform::io::{BufId, PacketIo, Received, Source, PACKET_OFFSET, VNET_HDR_LEN};
 
 use crate::offload::{self, Coalesced, Segmenter, VirtioNetHdr};
+use crate::ratelimit::{ControlLimiter, ControlLimits, Verdict};
 use crate::session::{PeerId, Session, MAX_RESERVE};
 use crate::wire::{self, Datagram, HEADER_LEN, TAG_LEN};
 
@@ -40,6 +42,10 @@ const GRO_MAX: usize = 128;
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// At most one "no session" event per peer per this interval.
 const NO_SESSION_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// A session that still needs a rekey is asked for again after this long: the first request
+/// may have been lost between here and the control plane, or its handshake may have failed.
+/// The control plane ignores requests while a handshake is in flight, so repeats are cheap.
+pub const REKEY_REASK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a worker needs besides its I/O backend.
 pub struct WorkerSetup {
@@ -49,8 +55,13 @@ pub struct WorkerSetup {
     pub vnet_hdr: bool,
     /// Table changes from the IPC thread.
     pub commands: Receiver<Command>,
-    /// Events for the control plane.
+    /// Events for the control plane (never a control datagram).
     pub events: Sender<Event>,
+    /// Control datagrams for the control plane ([`Event::ControlReceived`] only): a queue of
+    /// their own, so a flood of them cannot crowd out the events.
+    pub control: Sender<Event>,
+    /// Rate limits for control datagrams from the network.
+    pub control_limits: ControlLimits,
     /// Where this worker publishes its counters.
     pub counters: Arc<WorkerCounters>,
     /// Where per-peer counters are registered so the IPC thread can read them.
@@ -70,6 +81,10 @@ pub struct Worker<I: PacketIo> {
     coalesced: Vec<Coalesced>,
     /// Plain packets of this turn sealed back to back for one GSO send (see [`TxBatch`]).
     batch: Option<TxBatch>,
+    /// Token buckets for control datagrams.
+    limiter: ControlLimiter<RandomState>,
+    /// Some peer entry owes the control plane an event its queue had no room for.
+    owed: bool,
 }
 
 /// Consecutive plain packets to one endpoint, sealed back to back in one transmit buffer and
@@ -92,13 +107,16 @@ impl<I: PacketIo> Worker<I> {
     pub fn new(io: I, setup: WorkerSetup) -> Self {
         Self {
             io,
-            setup,
             tables: Tables::default(),
             totals: WorkerTotals::default(),
             rx: Vec::with_capacity(RX_BATCH),
             plain: Vec::with_capacity(GRO_MAX),
             coalesced: vec![Coalesced::default(); GRO_MAX],
             batch: None,
+            // Randomly keyed per worker, so no one can aim sources at one set of the table.
+            limiter: ControlLimiter::new(setup.control_limits, RandomState::new()),
+            owed: false,
+            setup,
         }
     }
 
@@ -132,6 +150,9 @@ impl<I: PacketIo> Worker<I> {
             }
         }
         self.rx = rx;
+        if self.owed {
+            self.pay_owed_events();
+        }
         flush_batch(&mut self.io, &mut self.totals, &mut self.batch);
         self.totals.enters = self.io.stats().enters;
         self.setup.counters.publish(&self.totals);
@@ -222,8 +243,35 @@ impl<I: PacketIo> Worker<I> {
         self.io.release(id);
     }
 
-    fn event(&mut self, e: Event) {
-        emit(&self.setup.events, &mut self.totals, e);
+    /// Retries the events that found the queue full (a confirmation, a new endpoint): the
+    /// control plane must learn them, and nothing else would say them again. Retries are not
+    /// counted as drops again.
+    fn pay_owed_events(&mut self) {
+        let mut still = false;
+        for (&peer, entry) in self.tables.peers.iter_mut() {
+            if let Some(local_index) = entry.owed_confirm {
+                let e = Event::SessionConfirmed { peer, local_index };
+                if self.setup.events.try_send(e).is_ok() {
+                    entry.owed_confirm = None;
+                } else {
+                    still = true;
+                }
+            }
+            if entry.owed_endpoint {
+                match entry.endpoint {
+                    Some(addr) => {
+                        let e = Event::EndpointChanged { peer, addr };
+                        if self.setup.events.try_send(e).is_ok() {
+                            entry.owed_endpoint = false;
+                        } else {
+                            still = true;
+                        }
+                    }
+                    None => entry.owed_endpoint = false,
+                }
+            }
+        }
+        self.owed = still;
     }
 
     /// A packet (or super-packet) read from the TUN.
@@ -262,16 +310,14 @@ impl<I: PacketIo> Worker<I> {
         let packet = frame.get(pkt.clone()).ok_or(DropCause::BadInnerPacket)?;
         let dst = wire::inner_dst(packet).ok_or(DropCause::BadInnerPacket)?;
         let peer = tables.routes.lookup(dst).ok_or(DropCause::NoRoute)?;
-        // A `next` session the peer has used is confirmed: promote it before sending.
-        let confirmed_next = tables.peers.get(&peer).and_then(|e| {
-            e.sessions
-                .next
-                .as_ref()
-                .filter(|n| n.confirmed())
-                .map(|n| n.local_index)
-        });
-        if let Some(idx) = confirmed_next {
-            tables.confirm(peer, idx);
+        // A pending session the peer has used (seen by another worker) is confirmed: promote
+        // it before sending. One length check when nothing is pending.
+        let confirmed_pending = tables
+            .peers
+            .get(&peer)
+            .and_then(|e| e.sessions.confirmed_pending());
+        if let Some(idx) = confirmed_pending {
+            let _ = tables.confirm(peer, idx);
         }
         let entry = tables.peers.get_mut(&peer).ok_or(DropCause::NoRoute)?;
         let Some(session) = entry.sessions.sending() else {
@@ -316,14 +362,21 @@ impl<I: PacketIo> Worker<I> {
             Err(DropCause::SendRefused) => true,
             Err(_) => false,
         };
-        if rekey && entry.rekey_asked_for != Some(session.local_index) {
-            entry.rekey_asked_for = Some(session.local_index);
-            let local_index = session.local_index;
-            emit(
+        let local_index = session.local_index;
+        let ask = rekey
+            && entry.rekey_asked.is_none_or(|(asked, at)| {
+                asked != local_index || now.saturating_sub(at) >= REKEY_REASK_INTERVAL
+            });
+        // Marked as asked only once queued: a request lost to a full queue is asked again by
+        // the next packet.
+        if ask
+            && emit(
                 &setup.events,
                 totals,
                 Event::RekeyNeeded { peer, local_index },
-            );
+            )
+        {
+            entry.rekey_asked = Some((local_index, now));
         }
         result.map(|_| ())
     }
@@ -367,19 +420,29 @@ impl<I: PacketIo> Worker<I> {
                             self.totals.drop(DropCause::UnknownIndex);
                             continue;
                         };
-                        let range = match session.open(bytes, now) {
+                        let (range, first) = match session.open_confirming(bytes, now) {
                             Ok(r) => r,
                             Err(e) => {
                                 self.totals.drop_for(&entry.counters, e.into());
                                 continue;
                             }
                         };
-                        if entry.sessions.is_next(header.receiver_index) {
-                            self.tables.confirm(peer, header.receiver_index);
-                        }
-                        let Some(entry) = self.tables.peers.get(&peer) else {
+                        let promoted = entry.sessions.is_pending(header.receiver_index)
+                            && self.tables.confirm(peer, header.receiver_index);
+                        let Some(entry) = self.tables.peers.get_mut(&peer) else {
                             continue;
                         };
+                        if first && promoted {
+                            // Key confirmation of a responder session. Only the worker that
+                            // authenticated first reports it (the swap in `open_confirming`),
+                            // and it owes the report until the queue takes it.
+                            let local_index = header.receiver_index;
+                            let e = Event::SessionConfirmed { peer, local_index };
+                            if !emit(&self.setup.events, &mut self.totals, e) {
+                                entry.owed_confirm = Some(local_index);
+                                self.owed = true;
+                            }
+                        }
                         entry
                             .counters
                             .last_rx_nanos
@@ -415,11 +478,16 @@ impl<I: PacketIo> Worker<I> {
                         self.plain.push(plain);
                     }
                     Datagram::Control => {
+                        // Charged before the copy and the queue slot it would cost.
+                        if self.limiter.check(src.ip(), now) != Verdict::Allow {
+                            self.totals.drop(DropCause::ControlRateLimited);
+                            continue;
+                        }
                         let payload = bytes.to_vec();
                         self.totals.control_rx += 1;
                         if let Err(TrySendError::Full(_)) = self
                             .setup
-                            .events
+                            .control
                             .try_send(Event::ControlReceived { src, payload })
                         {
                             self.totals.drop(DropCause::EventQueueFull);
@@ -441,10 +509,16 @@ impl<I: PacketIo> Worker<I> {
 
     /// An authenticated packet came from a new address: send there from now on (roaming).
     fn roam(&mut self, peer: PeerId, addr: SocketAddr) {
-        if let Some(entry) = self.tables.peers.get_mut(&peer) {
-            entry.endpoint = Some(addr);
+        let Some(entry) = self.tables.peers.get_mut(&peer) else {
+            return;
+        };
+        entry.endpoint = Some(addr);
+        let e = Event::EndpointChanged { peer, addr };
+        if !emit(&self.setup.events, &mut self.totals, e) {
+            // Owed: the endpoint is already switched here, so no later packet would say it.
+            entry.owed_endpoint = true;
+            self.owed = true;
         }
-        self.event(Event::EndpointChanged { peer, addr });
     }
 
     /// Writes the decrypted packets of one receive buffer to the TUN.
@@ -478,9 +552,16 @@ impl<I: PacketIo> Worker<I> {
     }
 }
 
-fn emit(events: &Sender<Event>, totals: &mut WorkerTotals, e: Event) {
-    if let Err(TrySendError::Full(_)) = events.try_send(e) {
-        totals.drop(DropCause::EventQueueFull);
+/// Queues an event; returns whether it was queued (a full queue counts a drop).
+fn emit(events: &Sender<Event>, totals: &mut WorkerTotals, e: Event) -> bool {
+    match events.try_send(e) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            totals.drop(DropCause::EventQueueFull);
+            false
+        }
+        // Nobody listens (shutting down): nothing to retry.
+        Err(TrySendError::Disconnected(_)) => true,
     }
 }
 

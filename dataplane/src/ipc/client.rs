@@ -1,7 +1,9 @@
 //! The blocking IPC client: connects to the dataplane's IPC socket, exchanges Hellos, sends
 //! requests and waits for their replies, and queues the events that arrive meanwhile.
 //!
-//! It owns request ids and the bounded event queue. It must never wait without a deadline
+//! It owns request ids and the bounded event queues: one for engine events, one for control
+//! datagrams (`ControlReceived`), so a datagram flood pushes out only older datagrams, and
+//! events are handed out first. It must never wait without a deadline
 //! (every wait is bounded by the client's timeout) and never keep an encoded request (which
 //! may hold keys) after sending it.
 
@@ -18,7 +20,8 @@ use super::{now, IpcError};
 
 /// Default wait for a Hello or a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most events kept while nobody reads them; older ones are dropped (counted) first.
+/// Most events kept while nobody reads them, and separately most control datagrams; older
+/// ones are dropped (counted) first.
 pub const EVENT_QUEUE_MAX: usize = 1024;
 
 /// A connected, greeted IPC client.
@@ -28,6 +31,7 @@ pub struct IpcClient {
     next_id: u32,
     timeout: Duration,
     events: VecDeque<UpMsg>,
+    datagrams: VecDeque<UpMsg>,
     events_dropped: u64,
     buf: Vec<u8>,
 }
@@ -60,6 +64,7 @@ impl IpcClient {
             next_id: 1,
             timeout,
             events: VecDeque::new(),
+            datagrams: VecDeque::new(),
             events_dropped: 0,
             buf: vec![0u8; MAX_MSG],
         };
@@ -143,9 +148,36 @@ impl IpcClient {
         }
     }
 
-    /// Returns the next event, waiting up to `timeout`; `Ok(None)` if none came.
+    /// Returns the next event, waiting up to `timeout`; `Ok(None)` if none came. What the
+    /// socket already holds is read first, and engine events are handed out before control
+    /// datagrams, so an event is never stuck behind a flood of datagrams.
     pub fn recv_event(&mut self, timeout: Duration) -> Result<Option<UpMsg>, IpcError> {
-        if let Some(ev) = self.events.pop_front() {
+        // Only while both queues have room: a reader that falls behind gets back-pressure
+        // (the server waits), not loss here.
+        for _ in 0..EVENT_QUEUE_MAX {
+            if self.events.len() >= EVENT_QUEUE_MAX || self.datagrams.len() >= EVENT_QUEUE_MAX {
+                break;
+            }
+            match self.recv_frame(now(), "event") {
+                Ok(UpFrame::Event(ev)) => self.queue_event(ev),
+                Ok(UpFrame::Reply { id, .. }) => {
+                    tracing::debug!(id, "stale IPC reply ignored");
+                }
+                Ok(UpFrame::Hello(_)) => {
+                    return Err(IpcError::Protocol {
+                        expected: "an event",
+                        got: "a second Hello".into(),
+                    })
+                }
+                Err(IpcError::Timeout { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(ev) = self
+            .events
+            .pop_front()
+            .or_else(|| self.datagrams.pop_front())
+        {
             return Ok(Some(ev));
         }
         let deadline = now() + timeout;
@@ -179,11 +211,16 @@ impl IpcClient {
     }
 
     fn queue_event(&mut self, ev: UpMsg) {
-        if self.events.len() >= EVENT_QUEUE_MAX {
-            self.events.pop_front();
+        let queue = if matches!(ev, UpMsg::ControlReceived { .. }) {
+            &mut self.datagrams
+        } else {
+            &mut self.events
+        };
+        if queue.len() >= EVENT_QUEUE_MAX {
+            queue.pop_front();
             self.events_dropped += 1;
         }
-        self.events.push_back(ev);
+        queue.push_back(ev);
     }
 
     /// Receives and decodes one frame before `deadline`. A frame already waiting is

@@ -16,6 +16,9 @@
 //! | `0x03` Reply | up | `id u32, tag u8, fields` ([`UpMsg`]: `Ack`, `Error`, `Stats`) |
 //! | `0x04` Event | up | `tag u8, fields` (unsolicited [`UpMsg`]) |
 //!
+//! Up tags: 1 Ack, 2 Error, 3 Stats, 4 ControlReceived, 5 NoSession, 6 RekeyNeeded,
+//! 7 EndpointChanged, 8 SessionConfirmed (`peer u32, local_index u32`; since version 2).
+//!
 //! Fields: an IP address is `family u8 (4|6)` + 4 or 16 bytes; a socket address is an IP
 //! address + `port u16` (+ `scope_id u32` for IPv6); an optional `u32` is `present u8` + `u32`;
 //! byte strings and lists carry a `u16` count. The first message each way is a Hello; a
@@ -25,8 +28,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use zeroize::Zeroizing;
 
-/// The IPC protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The IPC protocol version this build speaks. Decoders refuse unknown tags and a `drops`
+/// array of another length, so any new message or drop cause is a new version.
+///
+/// - 1: the first.
+/// - 2: `SessionConfirmed` event (tag 8); drop cause `RateLimited` (index 12, 13 causes).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest message, in bytes, either way.
 pub const MAX_MSG: usize = 64 * 1024;
 /// Most prefixes in one `SetRoutes`.
@@ -320,10 +327,12 @@ pub enum DropCause {
     QueueFull = 10,
     /// Packet too large for the path.
     TooLarge = 11,
+    /// A control datagram over its source's or the worker's rate limit.
+    RateLimited = 12,
 }
 
 /// How many [`DropCause`]s there are (the length of `drops` arrays).
-pub const DROP_CAUSES: usize = 12;
+pub const DROP_CAUSES: usize = 13;
 
 impl DropCause {
     /// All causes, in index order.
@@ -340,6 +349,7 @@ impl DropCause {
         DropCause::UdpSend,
         DropCause::QueueFull,
         DropCause::TooLarge,
+        DropCause::RateLimited,
     ];
 
     /// Index into a `drops` array.
@@ -362,6 +372,7 @@ impl DropCause {
             DropCause::UdpSend => "udp_send",
             DropCause::QueueFull => "queue_full",
             DropCause::TooLarge => "too_large",
+            DropCause::RateLimited => "rate_limited",
         }
     }
 }
@@ -469,6 +480,15 @@ pub enum UpMsg {
         peer: u32,
         /// The new address.
         addr: SocketAddr,
+    },
+    /// Key confirmation: the first authenticated packet arrived on a session installed with
+    /// [`Slot::Next`]. It is now the peer's current one, and the peer's other pending sessions
+    /// are gone from the dataplane. Sent once per session; never for [`Slot::Current`] ones.
+    SessionConfirmed {
+        /// Peer id.
+        peer: u32,
+        /// The session's receiver index.
+        local_index: u32,
     },
 }
 
@@ -715,6 +735,11 @@ fn encode_up_msg(w: &mut Writer<'_>, msg: &UpMsg) -> Result<(), EncodeError> {
             w.u32(*peer);
             w.sockaddr(addr);
         }
+        UpMsg::SessionConfirmed { peer, local_index } => {
+            w.u8(8);
+            w.u32(*peer);
+            w.u32(*local_index);
+        }
     }
     Ok(())
 }
@@ -788,7 +813,7 @@ pub fn encode_up(frame: &UpFrame, out: &mut Vec<u8>) -> Result<(), EncodeError> 
                 Err(EncodeError::BadValue {
                     what: "event message",
                     value: 0,
-                    expected: "ControlReceived, NoSession, RekeyNeeded or EndpointChanged",
+                    expected: "ControlReceived, NoSession, RekeyNeeded, EndpointChanged or SessionConfirmed",
                 })
             } else {
                 w.u8(KIND_EVENT);
@@ -909,7 +934,7 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadValue {
                 what: "drop cause count",
                 value: n as u64,
-                expected: "the number of drop causes of this version (12)",
+                expected: "the number of drop causes of this version (13)",
             });
         }
         let mut d = [0u64; DROP_CAUSES];
@@ -1135,6 +1160,10 @@ fn decode_up_msg(r: &mut Reader<'_>) -> Result<UpMsg, DecodeError> {
             peer: r.u32("EndpointChanged peer")?,
             addr: r.sockaddr("EndpointChanged addr")?,
         },
+        8 => UpMsg::SessionConfirmed {
+            peer: r.u32("SessionConfirmed peer")?,
+            local_index: r.u32("SessionConfirmed local_index")?,
+        },
         tag => {
             return Err(DecodeError::UnknownTag {
                 direction: "up",
@@ -1183,7 +1212,7 @@ pub fn decode_up(buf: &[u8]) -> Result<UpFrame, DecodeError> {
                 return Err(DecodeError::BadValue {
                     what: "event message",
                     value: 0,
-                    expected: "ControlReceived, NoSession, RekeyNeeded or EndpointChanged",
+                    expected: "ControlReceived, NoSession, RekeyNeeded, EndpointChanged or SessionConfirmed",
                 });
             }
             Ok(UpFrame::Event(msg))

@@ -5,9 +5,11 @@
 //! It owns the connection's life cycle (peer check; Hello; a new control connection replacing
 //! the old one only once its Hello arrives, so neither an observer nor a client that connects
 //! and never greets can displace the control plane) and the server-side counters. It must
-//! never block the engine: events come over a bounded channel (when the client reads slowly
+//! never block the engine: events come over bounded channels (when the client reads slowly
 //! they wait there, so a full channel is the engine's signal to count a drop; with no client
-//! they are dropped and counted here). It
+//! they are dropped and counted here). Events and control datagrams may come on two channels
+//! ([`IpcServer::run_split`]); events are always sent first, so a flood of datagrams delays
+//! an event by at most one round. It
 //! never logs message contents (keys) and never busy-spins: it sleeps in `poll` on the
 //! listener, the client and an optional wake-up pipe ([`IpcServer::waker`]) for at most
 //! [`POLL_INTERVAL`] between looks at the event channel and the stop flag.
@@ -170,6 +172,23 @@ impl IpcServer {
         up: Receiver<UpMsg>,
         stop: &AtomicBool,
     ) -> Result<StopReason, IpcError> {
+        self.run_split(handler, up, crossbeam_channel::never(), stop)
+    }
+
+    /// [`IpcServer::run`] with a second channel for control datagrams (`ControlReceived`):
+    /// whatever waits on `events` is always sent before anything from `datagrams`, so a
+    /// flood of datagrams cannot hold events back behind it.
+    pub fn run_split(
+        self,
+        handler: &mut impl IpcHandler,
+        events: Receiver<UpMsg>,
+        datagrams: Receiver<UpMsg>,
+        stop: &AtomicBool,
+    ) -> Result<StopReason, IpcError> {
+        let up = Up {
+            events: &events,
+            datagrams: &datagrams,
+        };
         let mut conns = Conns::default();
         // Requests may carry keys: the receive and send buffers are wiped on drop, and the
         // received bytes after each message.
@@ -474,7 +493,7 @@ impl IpcServer {
     fn forward_events(
         &self,
         client: &mut Option<Client>,
-        up: &Receiver<UpMsg>,
+        up: &Up<'_>,
         pending: &mut Option<Vec<u8>>,
         scratch: &mut Vec<u8>,
     ) -> Flow {
@@ -534,6 +553,26 @@ impl IpcServer {
         } else {
             Flow::Backlog
         }
+    }
+}
+
+/// The two channels events come up on: events first, then datagrams.
+struct Up<'a> {
+    events: &'a Receiver<UpMsg>,
+    datagrams: &'a Receiver<UpMsg>,
+}
+
+impl Up<'_> {
+    /// The next message: an event if one waits, else a datagram.
+    fn try_recv(&self) -> Result<UpMsg, TryRecvError> {
+        match self.events.try_recv() {
+            Ok(m) => Ok(m),
+            Err(_) => self.datagrams.try_recv(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.datagrams.is_empty()
     }
 }
 

@@ -31,6 +31,7 @@ use shadowmesh_dataplane::offload::{
     Segmenter, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
+use shadowmesh_dataplane::ratelimit::ControlLimits;
 use shadowmesh_dataplane::session::{Limits, PeerId, Session, SessionKeys};
 use shadowmesh_platform::io::{
     BufId, IoStats, PacketIo, Received, Source, PACKET_OFFSET, TAILROOM, VNET_HDR_LEN,
@@ -618,8 +619,10 @@ pub struct Node {
     pub wire: Wire,
     /// Table changes.
     pub cmd: Sender<Command>,
-    /// Events it emitted.
+    /// Events it emitted (never a control datagram).
     pub events: Receiver<Event>,
+    /// Control datagrams it passed up.
+    pub control: Receiver<Event>,
     /// Its published counters.
     pub counters: Arc<WorkerCounters>,
     /// Its per-peer counters.
@@ -628,13 +631,40 @@ pub struct Node {
     pub addr: SocketAddr,
 }
 
+/// Queue sizes and limits of a test [`Node`].
+#[derive(Clone, Copy, Debug)]
+pub struct NodeOptions {
+    /// Bound of the event queue.
+    pub event_queue: usize,
+    /// Bound of the control-datagram queue.
+    pub control_queue: usize,
+    /// Control datagram rate limits.
+    pub control_limits: ControlLimits,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            event_queue: 64,
+            control_queue: 256,
+            control_limits: ControlLimits::DEFAULT,
+        }
+    }
+}
+
 impl Node {
     /// A worker over a fresh fake backend.
     pub fn new(id: usize, cfg: FakeConfig, addr: SocketAddr) -> Self {
+        Self::with_options(id, cfg, addr, NodeOptions::default())
+    }
+
+    /// A worker over a fresh fake backend, with `opts`.
+    pub fn with_options(id: usize, cfg: FakeConfig, addr: SocketAddr, opts: NodeOptions) -> Self {
         let vnet_hdr = cfg.vnet_hdr;
         let (io, wire) = fake(cfg);
         let (cmd, commands) = unbounded();
-        let (events_tx, events) = bounded(64);
+        let (events_tx, events) = bounded(opts.event_queue);
+        let (control_tx, control) = bounded(opts.control_queue);
         let counters = Arc::new(WorkerCounters::default());
         let peer_counters: PeerCounterRegistry = Arc::new(Mutex::new(Vec::new()));
         let worker = Worker::new(
@@ -644,6 +674,8 @@ impl Node {
                 vnet_hdr,
                 commands,
                 events: events_tx,
+                control: control_tx,
+                control_limits: opts.control_limits,
                 counters: Arc::clone(&counters),
                 peer_counters: Arc::clone(&peer_counters),
                 clock,
@@ -654,6 +686,7 @@ impl Node {
             wire,
             cmd,
             events,
+            control,
             counters,
             peer_counters,
             addr,
@@ -704,6 +737,20 @@ impl Node {
     /// Events emitted so far (drained).
     pub fn take_events(&self) -> Vec<Event> {
         self.events.try_iter().collect()
+    }
+
+    /// Events emitted so far other than `SessionConfirmed` (drained; for tests about other
+    /// events, which key confirmation of the harness's sessions would otherwise interleave).
+    pub fn take_events_but_confirmations(&self) -> Vec<Event> {
+        self.events
+            .try_iter()
+            .filter(|e| !matches!(e, Event::SessionConfirmed { .. }))
+            .collect()
+    }
+
+    /// Control datagrams passed up so far (drained).
+    pub fn take_control(&self) -> Vec<Event> {
+        self.control.try_iter().collect()
     }
 
     /// Asserts the engine kept the ownership rules of the backend.

@@ -128,6 +128,8 @@ fn event_msg() -> impl Strategy<Value = UpMsg> {
         any::<(u32, u32)>()
             .prop_map(|(peer, local_index)| UpMsg::RekeyNeeded { peer, local_index }),
         (any::<u32>(), sockaddr()).prop_map(|(peer, addr)| UpMsg::EndpointChanged { peer, addr }),
+        any::<(u32, u32)>()
+            .prop_map(|(peer, local_index)| UpMsg::SessionConfirmed { peer, local_index }),
     ]
 }
 
@@ -219,7 +221,38 @@ proptest! {
 fn hello_layout_is_frozen() {
     let mut buf = Vec::new();
     encode_down(&DownFrame::Hello(Hello::ours(Role::Control)), &mut buf).unwrap();
-    assert_eq!(buf, [0x01, 0x01, 0x00, 0x01]);
+    assert_eq!(buf, [0x01, 0x02, 0x00, 0x01]);
+}
+
+#[test]
+fn session_confirmed_vector() {
+    let mut buf = Vec::new();
+    let ev = UpMsg::SessionConfirmed {
+        peer: 0x0102_0304,
+        local_index: 0xB000_0001,
+    };
+    encode_up(&UpFrame::Event(ev.clone()), &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        [0x04, 8, 0x04, 0x03, 0x02, 0x01, 0x01, 0x00, 0x00, 0xB0]
+    );
+    assert_eq!(decode_up(&buf), Ok(UpFrame::Event(ev.clone())));
+    // An event, never a reply.
+    let mut buf = Vec::new();
+    assert!(encode_up(&UpFrame::Reply { id: 1, msg: ev }, &mut buf).is_err());
+    assert!(decode_up(&[0x03, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    // Truncated fields are refused.
+    assert!(decode_up(&[0x04, 8, 1, 2, 3, 4, 5, 6, 7]).is_err());
+}
+
+#[test]
+fn rate_limited_is_the_last_drop_cause() {
+    assert_eq!(DropCause::ALL.len(), DROP_CAUSES);
+    assert_eq!(DropCause::RateLimited.index(), 12);
+    assert_eq!(DropCause::RateLimited.name(), "rate_limited");
+    for (i, c) in DropCause::ALL.iter().enumerate() {
+        assert_eq!(c.index(), i);
+    }
 }
 
 #[test]
@@ -234,14 +267,14 @@ fn version_mismatch_names_both_versions() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("version 1") && text.contains("version 7"),
+        text.contains(&format!("version {PROTOCOL_VERSION}")) && text.contains("version 7"),
         "{text}"
     );
     // A future Hello may be longer; the version is still found and reported.
-    let err = decode_down(&[0x01, 0x02, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
+    let err = decode_down(&[0x01, 0x03, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
     assert!(matches!(
         err,
-        DecodeError::VersionMismatch { theirs: 2, .. }
+        DecodeError::VersionMismatch { theirs: 3, .. }
     ));
 }
 
