@@ -229,6 +229,35 @@ fn wait_signals(tx: &mpsc::Sender<i32>) {
     }
 }
 
+/// Applies one event of the IPC bridge.
+fn on_bridge_event(
+    ev: BridgeEvent,
+    driver: &mut Driver<'_>,
+    bridge: &Bridge,
+    connected: &mut bool,
+    clock: fn() -> Now,
+) {
+    let send_all = |msgs: Vec<_>| {
+        for m in msgs {
+            bridge.send(m);
+        }
+    };
+    match ev {
+        BridgeEvent::Connected => {
+            *connected = true;
+            let now = clock();
+            send_all(driver.on_connected(now));
+            // Handshake at once with peers that have no session.
+            send_all(driver.handle_timeout(now));
+        }
+        BridgeEvent::Disconnected(why) => {
+            *connected = false;
+            warn!("dataplane disconnected: {why}");
+        }
+        BridgeEvent::Event(ev) => send_all(driver.handle_event(ev, clock())),
+    }
+}
+
 /// How often, at most, the loop republishes the status the admin API serves.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -289,9 +318,13 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
         let what = what.to_string();
         move |source| DaemonError::Io { what, source }
     };
+    // Engine events and control datagrams on separate channels, events read first: a flood
+    // of datagrams cannot delay a key confirmation or a rekey request.
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    let (bridge, _bridge_thread) = Bridge::spawn(config.dataplane.socket.clone(), ev_tx)
-        .map_err(io("starting the IPC thread"))?;
+    let (dg_tx, mut dg_rx) = mpsc::channel(1024);
+    let (bridge, _bridge_thread) =
+        Bridge::spawn_split(config.dataplane.socket.clone(), ev_tx, dg_tx)
+            .map_err(io("starting the IPC thread"))?;
     let listener = api::bind(&config.control.admin_socket).map_err(io(&format!(
         "admin socket {}",
         config.control.admin_socket.display()
@@ -367,18 +400,14 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
                 None => break,
             },
             ev = ev_rx.recv() => match ev {
-                Some(BridgeEvent::Connected) => {
-                    connected = true;
-                    let now = clock();
-                    send_all(&bridge, driver.on_connected(now));
-                    // Handshake at once with peers that have no session.
-                    send_all(&bridge, driver.handle_timeout(now));
+                Some(ev) => on_bridge_event(ev, &mut driver, &bridge, &mut connected, clock),
+                None => {
+                    warn!("the IPC thread stopped");
+                    break;
                 }
-                Some(BridgeEvent::Disconnected(why)) => {
-                    connected = false;
-                    warn!("dataplane disconnected: {why}");
-                }
-                Some(BridgeEvent::Event(ev)) => send_all(&bridge, driver.handle_event(ev, clock())),
+            },
+            dg = dg_rx.recv() => match dg {
+                Some(ev) => on_bridge_event(ev, &mut driver, &bridge, &mut connected, clock),
                 None => {
                     warn!("the IPC thread stopped");
                     break;

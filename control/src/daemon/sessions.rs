@@ -401,7 +401,9 @@ impl<'a> Driver<'a> {
                 }
             }
             UpMsg::Ack | UpMsg::Error { .. } | UpMsg::Stats(_) => {}
-            UpMsg::SessionConfirmed { .. } => {}
+            UpMsg::SessionConfirmed { peer, local_index } => {
+                out = self.handle_session_confirmed(peer, local_index, now);
+            }
         }
         out
     }
