@@ -55,7 +55,8 @@ fn random_u32(rng: &SystemRandom) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// Runs the attack until the deadline; `clock` is the CLI's wall clock.
+/// Runs the attack until the deadline; `clock` is the CLI's monotonic clock (pacing), the
+/// forged initiations carry wall-clock time (certificate validity).
 ///
 /// # Errors
 /// Files that do not load, or a socket that cannot be opened.
@@ -89,9 +90,10 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
         let now = clock();
         if now >= next_forge {
             next_forge = now + Duration::from_millis(200);
+            let wall = crate::keys::unix_now();
             let opts = InitiatorOptions {
                 send_cert_hash: report.forged % 2 == 1,
-                timestamp: Some(now + Duration::from_secs(10 * 365 * 86_400)),
+                timestamp: Some(wall + Duration::from_secs(10 * 365 * 86_400)),
                 ..InitiatorOptions::default()
             };
             let (_, m1) = Initiator::with_options(
@@ -100,7 +102,7 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
                 &victim,
                 &ca,
                 random_u32(&rng),
-                now,
+                wall,
                 &rng,
                 opts,
             )

@@ -145,6 +145,11 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
     let mut sent = Vec::new();
     for a in attackers {
         let out = topo.wait(a, Duration::from_secs(30)).unwrap();
+        assert!(
+            out.status.success(),
+            "the attacker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         sent.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
     let c = topo.wait(client, Duration::from_secs(90)).unwrap();
@@ -187,6 +192,20 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
         assert!(counted > 0, "the attack left no counted drop: {h}");
         assert_eq!(st["peers"].as_array().unwrap().len(), 1, "{st}");
         assert_eq!(h["pending"].as_u64(), Some(0), "{h}");
+    }
+    // The flood was cut at the dataplane's per-source buckets, and counted there by cause.
+    for node in &nodes {
+        let st = stats(&node.dataplane);
+        let limited: u64 = st
+            .workers
+            .iter()
+            .map(|w| w.drops[shadowmesh_dataplane::ipc::proto::DropCause::RateLimited as usize])
+            .sum();
+        eprintln!(
+            "dataplane {}: control datagrams rate-limited {limited}",
+            node.dataplane.display()
+        );
+        assert!(limited > 10_000, "the flood was not rate-limited: {st:?}");
     }
     // The tunnel still works after the attack.
     assert!(topo.ping_until(1, "100.64.0.1", 10));
