@@ -79,12 +79,18 @@ fn handshake(n: &Net, r: &mut Responder<'_>, now: Duration, hash: bool) -> (usiz
         opts,
     )
     .expect("m1");
-    let ResponderOutput::Reply { m2, .. } = r
+    let ResponderOutput::Reply {
+        m2,
+        commit,
+        established,
+    } = r
         .handle_initiation(&m1, src, now, false, 2)
         .expect("responder")
     else {
         panic!("cookie reply without load");
     };
+    // What key confirmation commits (caches a full certificate for the hash form).
+    r.commit(&commit, &established.peer_cert);
     let e = i.handle_response(&m2, now).expect("finish");
     black_box(e);
     (m1.len(), m2.len())
