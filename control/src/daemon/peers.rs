@@ -1,6 +1,6 @@
 //! The control plane's table of peers: who they are (verified certificate), where they are
-//! (endpoint), whether the operator wants them connected, and the last session handed to the
-//! dataplane for each (kept so a restarted dataplane can be refilled).
+//! (endpoint), whether the operator wants them connected, and the last sessions handed to the
+//! dataplane for each (for rekey decisions and status; never handed to a dataplane again).
 //!
 //! Owns peer bookkeeping only; it never talks to the dataplane or reads a clock, and it never
 //! logs key material (sessions' keys stay in `Zeroizing` storage inside `InstallSession`).
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_dataplane::ipc::{InstallSession, Slot};
+use shadowmesh_dataplane::ipc::InstallSession;
 
 use crate::cert::{NodeCert, Prefix};
 use crate::identity::hex;
@@ -238,22 +238,6 @@ pub fn prefixes_overlap(a: (IpAddr, u8), b: (IpAddr, u8)) -> bool {
         }
         _ => false,
     }
-}
-
-/// The install message to re-send after a dataplane restart: same keys and slot, lifetimes
-/// shortened by the session's age so the dataplane does not extend a key's life.
-#[must_use]
-pub fn refill(rec: &SessionRecord, now: Duration) -> InstallSession {
-    let age = u32::try_from(rec.age(now).as_secs()).unwrap_or(u32::MAX);
-    let mut m = rec.install.clone();
-    m.rekey_after_secs = m.rekey_after_secs.saturating_sub(age).max(1);
-    m.reject_after_secs = m.reject_after_secs.saturating_sub(age).max(1);
-    // A responder's session was `Next` until the peer's first packet promoted it; after a
-    // restart the dataplane lost that, and the peer's next packet promotes it again.
-    if !rec.initiator {
-        m.slot = Slot::Next;
-    }
-    m
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
 use tracing::{debug, info, warn};
 
-use super::peers::{prefixes_overlap, refill, PeerTable, SessionRecord};
+use super::peers::{prefixes_overlap, PeerTable, SessionRecord};
 use super::DaemonError;
 use crate::cert::{CaPublic, NodeCert};
 pub use crate::clock::Now;
@@ -146,7 +146,7 @@ struct PendingResponder {
     cert: NodeCert,
     /// What the responder commits on confirmation.
     commit: Commit,
-    /// What was installed (for the record, and to refill a restarted dataplane).
+    /// What was installed (kept as the session record once confirmed).
     install: InstallSession,
     /// When it was installed (monotonic).
     created: Duration,
@@ -316,39 +316,42 @@ impl<'a> Driver<'a> {
         &self.responder
     }
 
-    /// The dataplane (re)connected: routes and endpoints of every enabled peer, then every
-    /// live session again (a restarted dataplane has none), pending responder sessions
-    /// included.
+    /// The dataplane (re)connected: routes and endpoints of every enabled peer; then every
+    /// session is handshaken anew (call [`handle_timeout`](Self::handle_timeout) right after,
+    /// it initiates at once).
+    ///
+    /// No key is ever handed to a dataplane twice: a restarted dataplane's send counters would
+    /// start again at 0 under the same key (AES-GCM nonce reuse) and its replay windows would
+    /// accept the old packets again. So our session records and pending responder sessions
+    /// are forgotten here; a dataplane that only lost its IPC connection keeps forwarding on
+    /// its sessions until the new handshakes replace them.
     #[must_use]
     pub fn on_connected(&mut self, now: impl Into<Now>) -> Vec<DownMsg> {
         let now = now.into().mono;
         let mut out = Vec::new();
-        let reject = self.settings.reject_after;
-        for p in self.peers.iter().filter(|p| p.enabled) {
-            out.push(DownMsg::SetRoutes {
-                peer: p.id,
-                prefixes: p.routes(),
-            });
-            if let Some(addr) = p.endpoint {
-                out.push(DownMsg::SetEndpoint { peer: p.id, addr });
-            }
-            // Previous first: installing the latest as Current then moves nothing it needs.
-            for rec in [p.previous.as_ref(), p.session.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                if rec.age(now) < reject {
-                    out.push(DownMsg::InstallSession(refill(rec, now)));
+        let mut freed = Vec::new();
+        for p in self.peers.iter_mut() {
+            if p.enabled {
+                out.push(DownMsg::SetRoutes {
+                    peer: p.id,
+                    prefixes: p.routes(),
+                });
+                if let Some(addr) = p.endpoint {
+                    out.push(DownMsg::SetEndpoint { peer: p.id, addr });
                 }
             }
+            for rec in [p.previous.take(), p.session.take()].into_iter().flatten() {
+                freed.push(rec.install.local_index);
+                p.next_attempt = now;
+            }
         }
-        let mut pending: Vec<&PendingResponder> = self.pending_resp.values().collect();
-        pending.sort_by_key(|p| p.created);
-        out.extend(
-            pending
-                .into_iter()
-                .map(|p| DownMsg::InstallSession(p.install.clone())),
-        );
+        for i in freed {
+            self.used_indices.remove(&i);
+        }
+        let pending: Vec<u32> = self.pending_resp.keys().copied().collect();
+        for i in pending {
+            self.evict_pending(i, &mut out);
+        }
         out
     }
 
