@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod impair;
 pub mod keys;
 pub mod netns;
 pub mod selfcheck;
