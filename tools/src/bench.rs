@@ -1,6 +1,7 @@
 //! `shadowmesh bench …`: the measuring tools the tests and rigs use, so nothing depends on
 //! hand-rolled shell: a checked bulk TCP transfer (SHA-256 at both ends), a UDP latency echo
-//! with an HDR histogram, and a sender of hostile datagrams (garbage, forged, replayed).
+//! with an HDR histogram, a sender of hostile datagrams (garbage, forged, replayed), and an
+//! impairment forwarder (loss, reordering, duplication, jitter: [`crate::impair`]).
 //!
 //! Every loop here is bounded by a count and a deadline.
 
@@ -111,6 +112,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20_000)]
         flood_pps: u64,
     },
+    /// A UDP forwarder between two nodes that loses, reorders, duplicates and delays
+    /// datagrams (seeded, reproducible): the hostile network of the tests, without netem.
+    Impair(crate::impair::ImpairArgs),
 }
 
 /// Parses sizes like 200M, 1G, 4096.
@@ -195,6 +199,7 @@ pub fn run(cmd: BenchCmd, clock: fn() -> Duration) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BenchCmd::Impair(args) => crate::impair::run(&args, clock),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod bench;
 pub mod demo;
+pub mod impair;
 pub mod keys;
 pub mod netns;
 pub mod selfcheck;

@@ -314,6 +314,9 @@ pub struct MeshOptions {
     pub backend: String,
     /// Rekey interval of the control plane.
     pub rekey_after_secs: u32,
+    /// Endpoints this node is given for some peers instead of the peer's own underlay address
+    /// (e.g. an impairment forwarder in between): `(peer node, address)`.
+    pub peer_endpoints: Vec<(usize, SocketAddr)>,
 }
 
 impl Default for MeshOptions {
@@ -322,6 +325,7 @@ impl Default for MeshOptions {
             workers: 2,
             backend: "uring".into(),
             rekey_after_secs: 120,
+            peer_endpoints: Vec::new(),
         }
     }
 }
@@ -417,9 +421,16 @@ impl Topology {
             opts.rekey_after_secs,
         );
         for &p in peers.iter().filter(|&&p| p != i) {
+            let endpoint = opts
+                .peer_endpoints
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or_else(
+                    || format!("198.51.100.{}:51820", p + 1),
+                    |(_, a)| a.to_string(),
+                );
             cfg.push_str(&format!(
-                "\n[[peer]]\ncert = \"n{p}.cert\"\nendpoint = \"198.51.100.{}:51820\"\n",
-                p + 1
+                "\n[[peer]]\ncert = \"n{p}.cert\"\nendpoint = \"{endpoint}\"\n"
             ));
         }
         let config = d.join(format!("n{i}.toml"));
