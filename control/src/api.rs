@@ -1,4 +1,6 @@
-//! The admin API: HTTP/1.1 + JSON over a Unix socket (mode 0600), one request per connection.
+//! The admin API: HTTP/1.1 + JSON over a Unix socket (mode 0600 in a directory others cannot
+//! write; peers other than root and our user are closed unanswered), one request per
+//! connection.
 //!
 //! Routes: `GET /health`, `GET /v1/status`, `GET /v1/peers`, `POST /v1/connect
 //! {"peer": NAME}`, `POST /v1/disconnect {"peer": NAME}`. Also the JSON types (shared with the
@@ -12,6 +14,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,10 +22,11 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::daemon::ipc_bridge::Bridge;
 use shadowmesh_dataplane::ipc::{DownMsg, DropCause, PeerStats, UpMsg};
+use shadowmesh_platform::seqpacket::{self, PeerCred, PeerPolicy, SeqpacketError};
 
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -361,53 +365,108 @@ pub enum ApiCall {
     Disconnect(String, oneshot::Sender<Result<(), String>>),
 }
 
-/// Binds the admin socket with mode 0600, replacing a stale socket file but refusing to
-/// steal one a live daemon answers on.
+/// Binds the admin socket with mode 0600 from its creation on, replacing a stale socket file
+/// but refusing to steal one a live daemon answers on. A missing directory is created 0700;
+/// one that group or others can write (or another user owns) is refused. Call it inside a
+/// tokio runtime.
 ///
 /// # Errors
-/// The socket is in use by a running daemon, or an OS error.
+/// The socket is in use by a running daemon, the directory is unsafe, or an OS error.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            // A directory we create is ours alone: the socket's mode is set after bind, and
-            // the directory closes that window.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let l = seqpacket::bind_stream_listener(path, 0o600).map_err(|e| match e {
+        SeqpacketError::InUse { .. } => std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{}: another control plane answers there", path.display()),
+        ),
+        SeqpacketError::Io { source, .. } => source,
+        other => std::io::Error::other(other),
+    })?;
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
+}
+
+/// Counters of the admin socket, readable while [`serve`] runs.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    /// Connections closed unanswered because the peer was neither root nor our user.
+    pub refused_peers: AtomicU64,
+}
+
+/// The process's admin counters: the ones [`serve`] updates.
+pub fn admin_counters() -> &'static AdminCounters {
+    static COUNTERS: AdminCounters = AdminCounters {
+        refused_peers: AtomicU64::new(0),
+    };
+    &COUNTERS
+}
+
+/// Whether the peer of an accepted admin connection may use the API; counts and logs a
+/// refusal (uid and pid only: nothing the peer sent is read).
+fn admin_peer_allowed(stream: &UnixStream, policy: &PeerPolicy, counters: &AdminCounters) -> bool {
+    let cred = match stream.peer_cred() {
+        Ok(c) => PeerCred {
+            pid: c.pid().unwrap_or(0),
+            uid: c.uid(),
+            gid: c.gid(),
+        },
+        Err(e) => {
+            debug!("admin connection: reading its peer credentials failed: {e}");
+            return false;
         }
+    };
+    if policy.allows(&cred) {
+        return true;
     }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{}: another control plane answers there", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
+    let n = counters.refused_peers.fetch_add(1, Ordering::Relaxed) + 1;
+    // Logged at 1, 2, 4, 8, ... so a local connect loop cannot flood the log.
+    if n.is_power_of_two() {
+        warn!(
+            uid = cred.uid,
+            pid = cred.pid,
+            refused = n,
+            "admin connection refused: peer is not {}",
+            policy.describe()
+        );
+    } else {
+        debug!(uid = cred.uid, pid = cred.pid, "admin connection refused");
     }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    false
 }
 
 /// Most admin connections served at once; more are answered 503 at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Accepts admin connections forever; each connection gets its own task (at most
-/// [`MAX_CONNECTIONS`] at once).
+/// [`MAX_CONNECTIONS`] at once). A connection whose peer (`SO_PEERCRED`) is neither root nor
+/// our user is closed unanswered and counted in [`admin_counters`].
 pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>, bridge: Bridge) {
+    serve_guarded(
+        listener,
+        calls,
+        bridge,
+        PeerPolicy::current(),
+        admin_counters(),
+    )
+    .await;
+}
+
+/// [`serve`] with an explicit peer policy and counters (tests).
+async fn serve_guarded(
+    listener: UnixListener,
+    calls: mpsc::Sender<ApiCall>,
+    bridge: Bridge,
+    policy: PeerPolicy,
+    counters: &'static AdminCounters,
+) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if !admin_peer_allowed(&stream, &policy, counters) {
+            continue; // dropping the stream closes it
+        }
         let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
             tokio::spawn(async move {
                 let body = error_body("too many admin connections");
@@ -831,6 +890,88 @@ mod tests {
         assert_eq!(results.5 .0, 405);
         // A second daemon must not steal the live socket.
         assert!(bind(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Run as uid 65534 by `admin_closes_a_peer_of_another_user_unanswered`: connects to the
+    /// socket named in `SM_API_PROBE`, sends a request and prints how many bytes came back.
+    #[test]
+    #[ignore = "helper run as another uid by admin_closes_a_peer_of_another_user_unanswered"]
+    fn admin_probe_child() {
+        let Ok(path) = std::env::var("SM_API_PROBE") else {
+            return;
+        };
+        let mut s = std::os::unix::net::UnixStream::connect(&path).expect("probe connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server may close before or after the write: either way no answer may come.
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        println!("PROBE-RESULT bytes={}", buf.len());
+    }
+
+    #[test]
+    fn admin_closes_a_peer_of_another_user_unanswered() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if seqpacket::current_uid() != 0 {
+            eprintln!("not root: cannot connect as another uid; skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sm-api-peer-{}", std::process::id()));
+        let path = dir.join("admin.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (calls_tx, _calls_rx) = mpsc::channel(4);
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        let (bridge, _h) = Bridge::spawn(dir.join("none.sock"), ev_tx).unwrap();
+        let _guard = rt.enter();
+        let listener = bind(&path).unwrap();
+        // bind made the new directory 0700 and the socket 0600 ...
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // ... which alone keep uid 65534 out. Widen them, as a careless operator might, so
+        // only the SO_PEERCRED check stands in its way.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        static COUNTERS: AdminCounters = AdminCounters {
+            refused_peers: AtomicU64::new(0),
+        };
+        rt.spawn(serve_guarded(
+            listener,
+            calls_tx,
+            bridge,
+            PeerPolicy::current(),
+            &COUNTERS,
+        ));
+        let p = path.clone();
+        let (child, ours) = rt.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let child = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--ignored", "--exact", "api::tests::admin_probe_child"])
+                    .arg("--nocapture")
+                    .env("SM_API_PROBE", &p)
+                    .uid(65534)
+                    .gid(65534)
+                    .output()
+                    .unwrap();
+                (child, call(&p, "GET", "/health", None).unwrap())
+            })
+            .await
+            .unwrap()
+        });
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(child.status.success(), "probe failed: {out}");
+        assert!(
+            out.contains("PROBE-RESULT bytes=0"),
+            "probe got an answer: {out}"
+        );
+        assert_eq!(COUNTERS.refused_peers.load(Ordering::Relaxed), 1);
+        // Root (our user here) is still served.
+        assert_eq!(ours.0, 200);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

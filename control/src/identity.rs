@@ -63,6 +63,19 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key path is not a regular file (a directory, device, FIFO or socket).
+    #[error("{path}: expected a regular key file")]
+    NotAFile {
+        /// The path concerned.
+        path: PathBuf,
+    },
+    /// The ML-KEM encapsulation key stored in a secret key file is not the one inside its
+    /// decapsulation key: the file was damaged or tampered with.
+    #[error(
+        "inconsistent ML-KEM-1024 key in the secret key file: {0}; the file is damaged or was \
+         tampered with (restore it from a backup, or generate a new identity and certificate)"
+    )]
+    KemKeyMismatch(&'static str),
     /// The armoured envelope was malformed.
     #[error("armour: {0}")]
     Armor(#[from] ArmorError),
@@ -97,20 +110,65 @@ pub(crate) fn write_secret_file(path: &Path, text: &str) -> Result<(), IdentityE
     fs::rename(&tmp, path).map_err(io)
 }
 
-/// Reads a secret file, refusing it if group/other permission bits are set.
+/// Largest secret key file read (node keys are ~7 KB of base64, CA keys less); a bigger one
+/// is refused instead of read into memory.
+pub(crate) const MAX_SECRET_FILE: usize = 64 * 1024;
+
+/// Reads a secret file, refusing it if it is not a regular file, if group/other permission
+/// bits are set, or if it is larger than [`MAX_SECRET_FILE`].
+///
+/// The checks are made on the open file (`fstat` of the descriptor), never on the path
+/// before opening it: a path checked first could be swapped for another file between the
+/// check and the open.
 pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, IdentityError> {
     let io = |source| IdentityError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    read_secret_from(fs::File::open(path).map_err(io)?, path)
+}
+
+/// The checks and the read of [`read_secret_file`] on an already open `file` (named `path`
+/// in errors).
+fn read_secret_from(file: fs::File, path: &Path) -> Result<Zeroizing<String>, IdentityError> {
+    use std::io::Read;
+    let io = |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(IdentityError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(IdentityError::Permissions {
             path: path.to_path_buf(),
             mode,
         });
     }
-    Ok(Zeroizing::new(fs::read_to_string(path).map_err(io)?))
+    // Read into storage sized once for the largest accepted file, so no reallocation leaves
+    // an unwiped copy of the key behind; one byte more tells an oversized file.
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_SECRET_FILE + 1));
+    file.take(MAX_SECRET_FILE as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() > MAX_SECRET_FILE {
+        return Err(IdentityError::Malformed(
+            "a key file of at most 65536 bytes",
+        ));
+    }
+    match String::from_utf8(std::mem::take(&mut *buf)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            Zeroizing::new(e.into_bytes());
+            Err(IdentityError::Malformed(
+                "an armoured (UTF-8 text) key file",
+            ))
+        }
+    }
 }
 
 /// Reads a public (non-secret) text file.
@@ -376,9 +434,10 @@ impl Identity {
         }
         let signing = PqdsaKeyPair::from_pkcs8(&ML_DSA_87_SIGNING, pkcs8)
             .map_err(|_| IdentityError::Malformed("an ML-DSA-87 PKCS#8 key"))?;
+        check_kem_pair(dk, ek)?;
         let kem_dk = DecapsulationKey::new(&ML_KEM_1024, dk)
             .map_err(|_| IdentityError::Malformed("an ML-KEM-1024 decapsulation key"))?;
-        // The raw dk cannot give back its ek; check the stored ek parses (FIPS 203 check).
+        // FIPS 203's modulus check on the stored ek.
         EncapsulationKey::new(&ML_KEM_1024, ek)
             .map_err(|_| IdentityError::Malformed("an ML-KEM-1024 encapsulation key"))?;
         let x25519 = agreement::PrivateKey::from_private_key(&X25519, x)
@@ -422,6 +481,39 @@ impl Identity {
     pub fn load_public(path: &Path) -> Result<IdentityPublic, IdentityError> {
         IdentityPublic::from_armor(&read_public_file(path)?)
     }
+}
+
+/// Length of the K-PKE secret key at the start of an ML-KEM-1024 dk (384 · k, k = 4).
+const MLKEM_DK_PKE_LEN: usize = 1536;
+
+/// Checks that `ek` is the encapsulation key inside `dk`.
+///
+/// aws-lc-rs cannot derive the ek from a raw dk, but a FIPS 203 ML-KEM-1024 dk embeds it:
+/// `dk = dk_pke (1536) || ek (1568) || H(ek) = SHA3-256(ek) (32) || z (32)`. A stored ek that
+/// differs would be published in the certificate while decapsulation used another key (every
+/// handshake to this node would fail), and a dk whose H(ek) slice does not match its ek
+/// would derive wrong shared secrets.
+fn check_kem_pair(dk: &[u8], ek: &[u8]) -> Result<(), IdentityError> {
+    const EK_END: usize = MLKEM_DK_PKE_LEN + MLKEM_EK_LEN;
+    const H_END: usize = EK_END + 32;
+    let inner = dk
+        .get(MLKEM_DK_PKE_LEN..EK_END)
+        .ok_or(IdentityError::Malformed("an ML-KEM-1024 decapsulation key"))?;
+    let hash = dk
+        .get(EK_END..H_END)
+        .ok_or(IdentityError::Malformed("an ML-KEM-1024 decapsulation key"))?;
+    if inner != ek {
+        return Err(IdentityError::KemKeyMismatch(
+            "the stored encapsulation key differs from the one inside the decapsulation key",
+        ));
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA3_256, inner);
+    if digest.as_ref() != hash {
+        return Err(IdentityError::KemKeyMismatch(
+            "the decapsulation key's H(ek) is not SHA3-256 of its encapsulation key",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn sign_with(kp: &PqdsaKeyPair, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
@@ -487,6 +579,108 @@ mod tests {
             IdentityError::Permissions { mode: 0o640, .. }
         ));
         assert!(err.to_string().contains("chmod 600"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Offset of the stored ek in [`Identity::to_secret_bytes`] output, and of the dk.
+    fn kem_offsets(sb: &[u8]) -> (usize, usize) {
+        let pk_len = usize::from(u16::from_le_bytes([sb[1], sb[2]]));
+        let dk_at = 3 + pk_len;
+        (dk_at, dk_at + MLKEM_DK_LEN)
+    }
+
+    #[test]
+    fn key_file_with_a_swapped_kem_public_key_is_refused() {
+        let d = tmpdir("ek");
+        let p = d.join("node.key");
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let mut sb = a.to_secret_bytes().unwrap();
+        let (dk_at, ek_at) = kem_offsets(&sb);
+        // The layout this check relies on: aws-lc's dk embeds its ek at [1536..3104].
+        assert_eq!(
+            &sb[dk_at + MLKEM_DK_PKE_LEN..dk_at + MLKEM_DK_PKE_LEN + MLKEM_EK_LEN],
+            &a.public().kem_ek[..]
+        );
+        // 1. Swap only the stored ek for another node's (valid, parseable) one.
+        sb[ek_at..ek_at + MLKEM_EK_LEN].copy_from_slice(&b.public().kem_ek);
+        write_secret_file(&p, &armor::armor(SECRET_LABEL, &sb)).unwrap();
+        let err = Identity::load_secret(&p).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::KemKeyMismatch(m) if m.contains("differs")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tampered"), "{err}");
+        // 2. Swap it inside the dk too: the dk's H(ek) no longer matches.
+        let inner = dk_at + MLKEM_DK_PKE_LEN;
+        sb[inner..inner + MLKEM_EK_LEN].copy_from_slice(&b.public().kem_ek);
+        write_secret_file(&p, &armor::armor(SECRET_LABEL, &sb)).unwrap();
+        let err = Identity::load_secret(&p).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::KemKeyMismatch(m) if m.contains("H(ek)")),
+            "{err}"
+        );
+        // The untouched file still loads.
+        a.save_secret(&p).unwrap();
+        assert_eq!(Identity::load_secret(&p).unwrap().public(), a.public());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn key_file_is_checked_on_the_open_descriptor() {
+        let d = tmpdir("fd");
+        let p = d.join("node.key");
+        Identity::generate().unwrap().save_secret(&p).unwrap();
+        // 0644 on the file the path names: refused with the chmod fix.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret_file(&p).unwrap_err();
+        assert!(matches!(
+            err,
+            IdentityError::Permissions { mode: 0o644, .. }
+        ));
+        assert!(err
+            .to_string()
+            .contains(&format!("chmod 600 {}", p.display())));
+        // A symlink to it is judged by the file it opens, not by the link's own mode.
+        let link = d.join("link.key");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(matches!(
+            read_secret_file(&link),
+            Err(IdentityError::Permissions { mode: 0o644, .. })
+        ));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret_file(&link).is_ok());
+        // Not a regular file: a directory, a device.
+        assert!(matches!(
+            read_secret_file(&d),
+            Err(IdentityError::NotAFile { .. })
+        ));
+        assert!(matches!(
+            read_secret_file(Path::new("/dev/zero")),
+            Err(IdentityError::NotAFile { .. })
+        ));
+        // The mode judged is the open file's: a 0644 file opened, then the path replaced by
+        // a 0600 one (what a check by path before the open would have seen), is refused.
+        let wide = d.join("wide.key");
+        fs::write(&wide, "x").unwrap();
+        fs::set_permissions(&wide, fs::Permissions::from_mode(0o644)).unwrap();
+        let opened = fs::File::open(&wide).unwrap();
+        fs::rename(&p, &wide).unwrap();
+        assert_eq!(
+            fs::metadata(&wide).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            read_secret_from(opened, &wide),
+            Err(IdentityError::Permissions { mode: 0o644, .. })
+        ));
+        // Larger than any key file: refused, not read whole.
+        let big = d.join("big.key");
+        write_secret_file(&big, &"A".repeat(MAX_SECRET_FILE + 1)).unwrap();
+        assert!(matches!(
+            read_secret_file(&big),
+            Err(IdentityError::Malformed(_))
+        ));
         fs::remove_dir_all(&d).unwrap();
     }
 

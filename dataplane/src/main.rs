@@ -104,10 +104,7 @@ fn real_main() -> anyhow::Result<()> {
     // waits for the main thread.
     shadowmesh_platform::signal::block_termination_signals()
         .context("blocking termination signals")?;
-    if let Some(dir) = args.socket.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
-    }
+    // The IPC server's bind creates a missing socket directory 0700 and refuses an unsafe one.
     let cfg = NodeConfig {
         tun_name: args.tun.clone(),
         mtu: args.mtu,

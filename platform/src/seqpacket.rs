@@ -86,6 +86,38 @@ pub enum SeqpacketError {
         /// The operation that timed out.
         op: &'static str,
     },
+    /// The directory that holds (or would hold) a socket lets someone else replace the socket:
+    /// it is group/other-writable, owned by another user, or not a directory.
+    #[error(
+        "socket directory {dir:?} {problem}; expected a directory owned by root or uid {uid} that \
+         group and others cannot write (fix: `chown {uid} {dir:?}` and `chmod 700 {dir:?}`, or put \
+         the socket in such a directory, e.g. /run/shadowmesh)"
+    )]
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it, e.g. "has mode 1777 (writable by group or others)".
+        problem: String,
+        /// Our effective uid (the owner the directory may have besides root).
+        uid: u32,
+    },
+    /// The process at the other end of a connection runs as a user the [`PeerPolicy`] does
+    /// not allow; nothing was sent to it.
+    #[error(
+        "{path:?}: the process serving this socket runs as uid {uid} (pid {pid}), expected \
+         {allowed}; refusing to talk to it. Check who owns the socket (`ls -l {path:?}`, \
+         `ps -o user,pid,args -p {pid}`) and run both ends as root or as the same user"
+    )]
+    PeerRefused {
+        /// The socket path.
+        path: PathBuf,
+        /// The peer's process id (0 where the platform cannot tell).
+        pid: i32,
+        /// The peer's effective uid.
+        uid: u32,
+        /// The users that would have been accepted, in words.
+        allowed: String,
+    },
     /// The stream fallback saw a broken frame (only on platforms without seqpacket).
     #[error("broken message framing: {what}")]
     Framing {
@@ -130,6 +162,60 @@ pub struct PeerCred {
     pub uid: u32,
     /// Effective group id.
     pub gid: u32,
+}
+
+/// Which users the process at the other end of a local socket may run as: root, this
+/// process's effective uid, and optionally one more (e.g. a configured service user).
+///
+/// Used at both ends: a server closes connections from other users, and a client refuses to
+/// send anything (session keys) to a server run by another user, who could have bound the
+/// path first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPolicy {
+    own_uid: u32,
+    extra_uid: Option<u32>,
+}
+
+impl PeerPolicy {
+    /// Root and this process's effective uid.
+    pub fn current() -> Self {
+        Self::for_uid(current_uid())
+    }
+
+    /// Root and `uid` (as if this process ran as `uid`).
+    pub fn for_uid(uid: u32) -> Self {
+        Self {
+            own_uid: uid,
+            extra_uid: None,
+        }
+    }
+
+    /// Also allows `uid`.
+    #[must_use]
+    pub fn also_allow(self, uid: u32) -> Self {
+        Self {
+            extra_uid: Some(uid),
+            ..self
+        }
+    }
+
+    /// Whether a peer with these credentials is allowed.
+    pub fn allows(&self, cred: &PeerCred) -> bool {
+        cred.uid == 0 || cred.uid == self.own_uid || Some(cred.uid) == self.extra_uid
+    }
+
+    /// The allowed users in words, for errors and logs ("root or uid 1000").
+    pub fn describe(&self) -> String {
+        let mut uids = vec![self.own_uid];
+        uids.extend(self.extra_uid);
+        uids.retain(|&u| u != 0);
+        uids.dedup();
+        match uids.as_slice() {
+            [] => "root (uid 0)".to_string(),
+            [a] => format!("root or uid {a}"),
+            [a, b, ..] => format!("root, uid {a} or uid {b}"),
+        }
+    }
 }
 
 /// Read timeout used by the stream fallback for a message body whose header arrived, when no
@@ -195,15 +281,20 @@ fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
 
 /// Creates an `AF_UNIX` socket of our type with close-on-exec set.
 fn new_socket() -> Result<OwnedFd> {
+    new_socket_of(SOCK_TYPE)
+}
+
+/// Creates an `AF_UNIX` socket of type `ty` with close-on-exec set.
+fn new_socket_of(ty: libc::c_int) -> Result<OwnedFd> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let fd = {
         // SAFETY: socket() takes no pointers; the result is checked below.
-        unsafe { libc::socket(libc::AF_UNIX, SOCK_TYPE | libc::SOCK_CLOEXEC, 0) }
+        unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) }
     };
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let fd = {
         // SAFETY: socket() takes no pointers; the result is checked below.
-        unsafe { libc::socket(libc::AF_UNIX, SOCK_TYPE, 0) }
+        unsafe { libc::socket(libc::AF_UNIX, ty, 0) }
     };
     let fd = cvt(fd, "socket")?;
     // SAFETY: fd was just returned by socket() and is owned by nobody else.
@@ -277,6 +368,225 @@ fn timeval(timeout: Option<Duration>) -> libc::timeval {
     }
 }
 
+/// Makes sure the directory that will hold a socket guards its path.
+///
+/// A missing directory is created with mode 0700 (missing ancestors too, 0700 minus the
+/// umask). An existing one must be a directory owned by root or by us that group and others
+/// cannot write; anything else is [`SeqpacketError::UnsafeDir`]. It is refused rather than
+/// warned about or fixed: whoever can write the directory can rename our socket away and put
+/// their own in its place, which a warning would not stop, and chmod'ing a directory the
+/// operator chose (say `/tmp`) is not ours to do. An empty path means the current directory.
+pub fn prepare_socket_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match std::fs::metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| SeqpacketError::Io {
+                    op: "create socket directory",
+                    source,
+                })?;
+            // The umask may have taken owner bits away; the directory must be exactly 0700.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| SeqpacketError::Io {
+                    op: "chmod socket directory",
+                    source,
+                },
+            )?;
+        }
+        Err(source) => {
+            return Err(SeqpacketError::Io {
+                op: "stat socket directory",
+                source,
+            })
+        }
+    }
+    check_socket_dir(dir)
+}
+
+/// The checks of [`prepare_socket_dir`] on an existing path.
+fn check_socket_dir(dir: &Path) -> Result<()> {
+    let uid = current_uid();
+    let meta = std::fs::metadata(dir).map_err(|source| SeqpacketError::Io {
+        op: "stat socket directory",
+        source,
+    })?;
+    let unsafe_dir = |problem: String| {
+        Err(SeqpacketError::UnsafeDir {
+            dir: dir.to_path_buf(),
+            problem,
+            uid,
+        })
+    };
+    if !meta.is_dir() {
+        return unsafe_dir("is not a directory".into());
+    }
+    if meta.uid() != 0 && meta.uid() != uid {
+        return unsafe_dir(format!("is owned by uid {}", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return unsafe_dir(format!("has mode {mode:04o} (writable by group or others)"));
+    }
+    Ok(())
+}
+
+/// Removes a stale socket file at `path` (nothing listens; probed with a socket of type
+/// `ty`); refuses a live one and anything that is not a socket.
+fn remove_stale_socket(path: &Path, ty: libc::c_int) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            let probe = new_socket_of(ty)?;
+            match connect_fd(&probe, path) {
+                Ok(()) => Err(SeqpacketError::InUse {
+                    path: path.to_path_buf(),
+                }),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    tracing::info!(path = %path.display(), "removing stale socket file");
+                    std::fs::remove_file(path).map_err(|source| SeqpacketError::Io {
+                        op: "remove stale socket",
+                        source,
+                    })
+                }
+                Err(source) => Err(SeqpacketError::Io {
+                    op: "probe existing socket",
+                    source,
+                }),
+            }
+        }
+        Ok(_) => Err(SeqpacketError::NotASocket {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SeqpacketError::Io {
+            op: "stat socket path",
+            source,
+        }),
+    }
+}
+
+/// What [`bind_with_mode`] made.
+struct BoundSocket {
+    /// (device, inode) of the socket file.
+    ident: (u64, u64),
+    /// The file's permission bits as bind created them (before any fix-up chmod).
+    born_mode: u32,
+}
+
+impl BoundSocket {
+    /// Warns if the file was created with bits beyond `mode` (it was narrowed before
+    /// `listen`, so nobody could connect, but the platform ignored the pre-bind mode).
+    fn warn_if_born_wide(&self, path: &Path, mode: u32) {
+        if self.born_mode & !mode != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                born = format_args!("{:04o}", self.born_mode),
+                mode = format_args!("{mode:04o}"),
+                "socket file was created wider than asked; narrowed before listen"
+            );
+        }
+    }
+}
+
+/// Binds `fd` to `path` so that the socket file is never wider than `mode`, then makes its
+/// mode exactly `mode`. Returns the file's identity and first mode. On error the file is
+/// removed.
+///
+/// Nothing can connect before `listen`, but the mode is still right from the first moment
+/// the path exists, so no later change (an earlier `listen`, a copied socket) can open a window.
+fn bind_with_mode(
+    fd: &OwnedFd,
+    path: &Path,
+    addr: &libc::sockaddr_un,
+    len: libc::socklen_t,
+    mode: u32,
+) -> Result<BoundSocket> {
+    let do_bind = || {
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes living across the call.
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        }
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let ret = {
+        // Linux creates the socket file with the mode of the unbound socket's inode minus the
+        // umask, so an fchmod before bind narrows the file from its creation on, without
+        // touching the process-wide umask (which would race other threads creating files).
+        // SAFETY: fchmod on a socket we own; no pointers.
+        let r = unsafe { libc::fchmod(fd.as_raw_fd(), (mode & 0o777) as libc::mode_t) };
+        cvt(r, "fchmod socket")?;
+        do_bind()
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let ret = {
+        // Elsewhere only the umask shapes the new file's mode: narrow it around bind. It is
+        // process-wide, so a file another thread creates meanwhile gets narrower bits too
+        // (never wider); the IPC and admin sockets are bound at start-up.
+        // SAFETY: umask only swaps the process's mask; it cannot fail.
+        let old = unsafe { libc::umask((!mode & 0o777) as libc::mode_t) };
+        let r = do_bind();
+        // SAFETY: as above; restores the previous mask.
+        unsafe { libc::umask(old) };
+        r
+    };
+    cvt(ret, "bind")?;
+    // Set exactly `mode` (the umask may have taken owner bits too), before listen().
+    let ident = std::fs::symlink_metadata(path)
+        .map_err(|source| SeqpacketError::Io {
+            op: "stat bound socket",
+            source,
+        })
+        .and_then(|meta| {
+            let born_mode = meta.mode() & 0o7777;
+            if born_mode != mode {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(|source| SeqpacketError::Io {
+                        op: "chmod socket",
+                        source,
+                    })?;
+            }
+            Ok(BoundSocket {
+                ident: (meta.dev(), meta.ino()),
+                born_mode,
+            })
+        });
+    if ident.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    ident
+}
+
+/// Binds a listening `SOCK_STREAM` Unix socket at `path` whose file has mode `mode` from its
+/// creation on, in a directory checked (or created 0700) by [`prepare_socket_dir`]. A stale
+/// socket file is replaced; a live one is [`SeqpacketError::InUse`], a non-socket
+/// [`SeqpacketError::NotASocket`]. For stream protocols on a local socket (the admin API);
+/// unlike [`SeqpacketListener`] the file stays when the listener is dropped.
+pub fn bind_stream_listener(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener> {
+    let (addr, len) = sockaddr(path)?;
+    prepare_socket_dir(path.parent().unwrap_or(Path::new("/")))?;
+    remove_stale_socket(path, libc::SOCK_STREAM)?;
+    let fd = new_socket_of(libc::SOCK_STREAM)?;
+    bind_with_mode(&fd, path, &addr, len, mode)?.warn_if_born_wide(path, mode);
+    // SAFETY: listen() on a bound socket we own; no pointers.
+    if let Err(e) = cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) }, "listen") {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
 /// Connects `fd` to `path`.
 fn connect_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
     let (addr, len) = sockaddr(path).map_err(io::Error::other)?;
@@ -309,80 +619,18 @@ pub struct SeqpacketListener {
 impl SeqpacketListener {
     /// Binds and listens on `path`, with file mode `mode` (0o600 for the IPC socket).
     ///
-    /// A stale socket file (nothing listening) is removed first; a live one is
-    /// [`SeqpacketError::InUse`] and a non-socket file is [`SeqpacketError::NotASocket`].
-    /// The mode is set before `listen`, so nobody can connect through wider permissions.
+    /// The directory is checked (or created 0700) by [`prepare_socket_dir`]. A stale socket
+    /// file (nothing listening) is removed first; a live one is [`SeqpacketError::InUse`] and
+    /// a non-socket file is [`SeqpacketError::NotASocket`]. The socket file is never wider
+    /// than `mode`, from its creation on (fchmod before bind on Linux, the umask elsewhere).
     pub fn bind(path: &Path, mode: u32) -> Result<Self> {
         let (addr, len) = sockaddr(path)?;
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                let probe = new_socket()?;
-                match connect_fd(&probe, path) {
-                    Ok(()) => {
-                        return Err(SeqpacketError::InUse {
-                            path: path.to_path_buf(),
-                        })
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                        tracing::info!(path = %path.display(), "removing stale IPC socket file");
-                        std::fs::remove_file(path).map_err(|source| SeqpacketError::Io {
-                            op: "remove stale socket",
-                            source,
-                        })?;
-                    }
-                    Err(source) => {
-                        return Err(SeqpacketError::Io {
-                            op: "probe existing socket",
-                            source,
-                        })
-                    }
-                }
-            }
-            Ok(_) => {
-                return Err(SeqpacketError::NotASocket {
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SeqpacketError::Io {
-                    op: "stat socket path",
-                    source,
-                })
-            }
-        }
+        prepare_socket_dir(path.parent().unwrap_or(Path::new("/")))?;
+        remove_stale_socket(path, SOCK_TYPE)?;
         let fd = new_socket()?;
-        // SAFETY: addr is a valid sockaddr_un of `len` bytes living across the call.
-        let ret = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        cvt(ret, "bind")?;
-        // Until listen() nobody can connect (ECONNREFUSED), so tightening the mode here
-        // closes the window in which the umask's wider mode was visible.
-        let ident = std::fs::metadata(path)
-            .map_err(|source| SeqpacketError::Io {
-                op: "stat bound socket",
-                source,
-            })
-            .and_then(|meta| {
-                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                    .map_err(|source| SeqpacketError::Io {
-                        op: "chmod socket",
-                        source,
-                    })?;
-                Ok((meta.dev(), meta.ino()))
-            });
-        let ident = match ident {
-            Ok(ident) => ident,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                return Err(e);
-            }
-        };
+        let bound = bind_with_mode(&fd, path, &addr, len, mode)?;
+        bound.warn_if_born_wide(path, mode);
+        let ident = bound.ident;
         // SAFETY: listen() on a bound socket we own; no pointers.
         if let Err(e) = cvt(unsafe { libc::listen(fd.as_raw_fd(), 8) }, "listen") {
             let _ = std::fs::remove_file(path);
@@ -505,6 +753,24 @@ impl SeqpacketConn {
             }
         })?;
         Ok(Self { fd })
+    }
+
+    /// Connects to a listener at `path` and checks the kernel's record of the server's
+    /// credentials against `policy` before anything is sent: a server run by another user
+    /// (who may have bound the path before ours) is [`SeqpacketError::PeerRefused`], and the
+    /// connection is closed unused.
+    pub fn connect_checked(path: &Path, policy: &PeerPolicy) -> Result<(Self, PeerCred)> {
+        let conn = Self::connect(path)?;
+        let cred = conn.peer_cred()?;
+        if !policy.allows(&cred) {
+            return Err(SeqpacketError::PeerRefused {
+                path: path.to_path_buf(),
+                pid: cred.pid,
+                uid: cred.uid,
+                allowed: policy.describe(),
+            });
+        }
+        Ok((conn, cred))
     }
 
     /// A connected pair (socketpair), for tests and in-process use.
@@ -1260,6 +1526,175 @@ mod tests {
             stream::recv(b.as_fd(), &mut buf, 0, Duration::from_millis(50)),
             Err(SeqpacketError::Framing { .. })
         ));
+    }
+
+    #[test]
+    fn bind_creates_a_missing_dir_0700_and_the_socket_is_born_0600() {
+        let (dir, _) = temp_sock("newdir");
+        let sub = dir.join("a").join("run");
+        let path = sub.join("dp.sock");
+        let l = SeqpacketListener::bind(&path, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o7777, 0o700);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        drop(l);
+        // The file had 0600 from bind on (fchmod before bind), not after a later chmod: no
+        // moment with the umask's wider bits.
+        let fd = new_socket().unwrap();
+        let (addr, len) = sockaddr(&path).unwrap();
+        let bound = bind_with_mode(&fd, &path, &addr, len, 0o600).unwrap();
+        assert_eq!(bound.born_mode, 0o600);
+        // The stream listener (admin API) goes through the same helpers.
+        let spath = sub.join("admin.sock");
+        let sl = bind_stream_listener(&spath, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&spath).unwrap().mode() & 0o7777, 0o600);
+        let _c = std::os::unix::net::UnixStream::connect(&spath).unwrap();
+        assert!(sl.accept().is_ok());
+        assert!(matches!(
+            bind_stream_listener(&spath, 0o600),
+            Err(SeqpacketError::InUse { .. })
+        ));
+        drop(sl);
+        // Stale now: replaced.
+        bind_stream_listener(&spath, 0o600).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unsafe_socket_dirs_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, path) = temp_sock("unsafe");
+        for mode in [0o775, 0o757, 0o1777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = SeqpacketListener::bind(&path, 0o600).unwrap_err();
+            assert!(
+                matches!(&err, SeqpacketError::UnsafeDir { dir: d, .. } if *d == dir),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&format!("{mode:04o}")), "{err}");
+            assert!(err.to_string().contains("chmod 700"), "{err}");
+            assert!(matches!(
+                bind_stream_listener(&path, 0o600),
+                Err(SeqpacketError::UnsafeDir { .. })
+            ));
+            assert!(!path.exists(), "nothing bound in a refused directory");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SeqpacketListener::bind(&path, 0o600).unwrap();
+        // A directory owned by another (non-root) user is refused too.
+        if current_uid() == 0 {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let err = SeqpacketListener::bind(&path, 0o600).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
+        // A file where the directory should be.
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            prepare_socket_dir(&file),
+            Err(SeqpacketError::UnsafeDir { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn peer_policy_allows_root_ours_and_the_extra_uid_only() {
+        let cred = |uid| PeerCred {
+            pid: 1,
+            uid,
+            gid: 0,
+        };
+        let p = PeerPolicy::for_uid(1000);
+        assert!(p.allows(&cred(0)));
+        assert!(p.allows(&cred(1000)));
+        assert!(!p.allows(&cred(1001)));
+        assert!(!p.allows(&cred(65534)));
+        assert_eq!(p.describe(), "root or uid 1000");
+        let p = p.also_allow(1001);
+        assert!(p.allows(&cred(1001)));
+        assert!(!p.allows(&cred(1002)));
+        assert_eq!(p.describe(), "root, uid 1000 or uid 1001");
+        assert_eq!(PeerPolicy::for_uid(0).describe(), "root (uid 0)");
+    }
+
+    /// A real server of another user: we bind the socket, a forked child switches to uid
+    /// 65534 and calls listen() (the kernel records the listener's credentials there), and
+    /// `connect_checked` must refuse it. Needs root to switch uid.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn connect_checked_refuses_a_server_run_by_another_user() {
+        if current_uid() != 0 {
+            eprintln!("not root: cannot run a server as another uid; skipped");
+            return;
+        }
+        let (dir, path) = temp_sock("peer");
+        let fd = new_socket().unwrap();
+        let (addr, len) = sockaddr(&path).unwrap();
+        bind_with_mode(&fd, &path, &addr, len, 0o600).unwrap();
+        let mut ready = [0 as libc::c_int; 2];
+        let mut stop = [0 as libc::c_int; 2];
+        // SAFETY: each array holds two writable c_ints, as pipe() requires.
+        unsafe {
+            assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(stop.as_mut_ptr()), 0);
+        }
+        let raw = fd.as_raw_fd();
+        // SAFETY: the child only makes async-signal-safe system calls and ends in _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw system calls on inherited fds and plain integers; no allocation.
+            unsafe {
+                libc::close(ready[0]);
+                libc::close(stop[1]);
+                if libc::syscall(libc::SYS_setgid, 65534) != 0
+                    || libc::syscall(libc::SYS_setuid, 65534) != 0
+                    || libc::listen(raw, 8) != 0
+                {
+                    libc::_exit(2);
+                }
+                let one = 1u8;
+                libc::write(ready[1], (&one as *const u8).cast(), 1);
+                let mut b = 0u8;
+                // Returns when the parent closes its end.
+                libc::read(stop[0], (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copies of the child's ends; reading one byte into a local.
+        let got = unsafe {
+            libc::close(ready[1]);
+            libc::close(stop[0]);
+            let mut b = 0u8;
+            libc::read(ready[0], (&mut b as *mut u8).cast(), 1)
+        };
+        assert_eq!(got, 1, "child failed to listen as uid 65534");
+        let result = SeqpacketConn::connect_checked(&path, &PeerPolicy::current());
+        let allowed =
+            SeqpacketConn::connect_checked(&path, &PeerPolicy::current().also_allow(65534));
+        // SAFETY: closing our pipe ends lets the child exit; waitpid reaps it.
+        unsafe {
+            libc::close(stop[1]);
+            libc::close(ready[0]);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        let err = result.unwrap_err();
+        match &err {
+            SeqpacketError::PeerRefused { uid, pid: p, .. } => {
+                assert_eq!(*uid, 65534);
+                assert_eq!(*p, pid);
+            }
+            other => panic!("expected PeerRefused, got {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("uid 65534") && text.contains(&format!("pid {pid}")),
+            "{text}"
+        );
+        assert!(text.contains("expected root (uid 0)"), "{text}");
+        let (_, cred) = allowed.unwrap();
+        assert_eq!(cred.uid, 65534);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

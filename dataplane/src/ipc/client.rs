@@ -3,7 +3,8 @@
 //!
 //! It owns request ids and the bounded event queues: one for engine events, one for control
 //! datagrams (`ControlReceived`), so a datagram flood pushes out only older datagrams, and
-//! events are handed out first. It must never wait without a deadline
+//! events are handed out first; it checks that the dataplane runs as root or our user before
+//! it sends anything. It must never wait without a deadline
 //! (every wait is bounded by the client's timeout) and never keep an encoded request (which
 //! may hold keys) after sending it.
 
@@ -12,7 +13,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shadowmesh_platform::seqpacket::{self, SeqpacketConn, SeqpacketError};
+use shadowmesh_platform::seqpacket::{self, PeerPolicy, SeqpacketConn, SeqpacketError};
 use zeroize::Zeroizing;
 
 use super::proto::{self, DownFrame, DownMsg, Hello, Role, UpFrame, UpMsg, MAX_MSG};
@@ -44,14 +45,31 @@ impl IpcClient {
 
     /// Like [`connect`](Self::connect), with `timeout` for the Hello and later replies.
     pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self, IpcError> {
-        let conn = SeqpacketConn::connect(path)?;
+        Self::connect_with_policy(path, timeout, &PeerPolicy::current())
+    }
+
+    /// Like [`connect_with_timeout`](Self::connect_with_timeout), accepting a dataplane run by
+    /// the users `policy` allows (e.g. root, ours and a configured dataplane uid).
+    ///
+    /// The server's credentials (`SO_PEERCRED`, recorded by the kernel) are checked before
+    /// the Hello, so no request (and no session key) ever goes to a process of another user
+    /// that bound the path first: that is a [`SeqpacketError::PeerRefused`] naming its uid
+    /// and pid.
+    pub fn connect_with_policy(
+        path: &Path,
+        timeout: Duration,
+        policy: &PeerPolicy,
+    ) -> Result<Self, IpcError> {
+        let (conn, _cred) = SeqpacketConn::connect_checked(path, policy)?;
         Self::handshake(conn, timeout, Hello::ours(Role::Control))
     }
 
     /// Connects as a read-only observer: only `GetStats` is allowed, no events arrive, and
-    /// the control plane's connection stays in place (what `shadowmesh stats` uses).
+    /// the control plane's connection stays in place (what `shadowmesh stats` uses). The
+    /// server is checked as in [`connect_with_policy`](Self::connect_with_policy), so the
+    /// statistics come from a dataplane of root or our user.
     pub fn connect_observer(path: &Path) -> Result<Self, IpcError> {
-        let conn = SeqpacketConn::connect(path)?;
+        let (conn, _cred) = SeqpacketConn::connect_checked(path, &PeerPolicy::current())?;
         Self::handshake(conn, DEFAULT_TIMEOUT, Hello::ours(Role::Observer))
     }
 
@@ -97,7 +115,7 @@ impl IpcClient {
     /// Connects and greets with an arbitrary Hello (tests of version handling).
     #[doc(hidden)]
     pub fn connect_with_hello(path: &Path, hello: Hello) -> Result<Self, IpcError> {
-        let conn = SeqpacketConn::connect(path)?;
+        let (conn, _cred) = SeqpacketConn::connect_checked(path, &PeerPolicy::current())?;
         Self::handshake(conn, DEFAULT_TIMEOUT, hello)
     }
 

@@ -132,10 +132,10 @@ struct Conns {
 }
 
 impl IpcServer {
-    /// Binds the IPC socket at `path` with mode 0600 (a stale socket file is replaced; a
-    /// live one is an error). Put it in a directory only we can write (e.g.
-    /// `/run/shadowmesh`, 0700): the mode and the peer-uid check guard the socket, the
-    /// directory guards the path.
+    /// Binds the IPC socket at `path` with mode 0600 from its creation on (a stale socket
+    /// file is replaced; a live one is an error). The mode and the peer-uid check guard the
+    /// socket, the directory guards the path: a missing one is created 0700, one that group
+    /// or others can write (or another user owns) is refused.
     pub fn bind(path: &Path) -> Result<Self, IpcError> {
         let listener = SeqpacketListener::bind(path, 0o600)?;
         listener.set_nonblocking(true)?;
