@@ -387,7 +387,25 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::NoSession => P::NoSession,
         DropCause::SourceNotAllowed => P::SourceNotAllowed,
         DropCause::NoBuffer | DropCause::EventQueueFull => P::QueueFull,
-        DropCause::ControlRateLimited => P::RateLimited,
+        DropCause::ControlRateLimited => P::ControlRateLimited,
     };
     p.index()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_control_datagrams_show_in_ipc_stats() {
+        let mut engine = [0u64; DropCause::COUNT];
+        engine[DropCause::ControlRateLimited as usize] = 936;
+        engine[DropCause::EventQueueFull as usize] = 3;
+        let ipc = ipc_drops(&engine);
+        assert_eq!(ipc[proto::DropCause::ControlRateLimited.index()], 936);
+        assert_eq!(ipc[proto::DropCause::QueueFull.index()], 3);
+        // Every engine cause lands somewhere: nothing counted is lost on the way up.
+        let all = [1u64; DropCause::COUNT];
+        assert_eq!(ipc_drops(&all).iter().sum::<u64>(), DropCause::COUNT as u64);
+    }
 }
