@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routing::RoutingTable;
-use crate::session::{PeerId, PeerSessions, Session};
+use crate::session::{PeerId, PeerSessions, Session, MAX_PENDING};
 
 use super::counters::PeerCounters;
 
@@ -218,12 +218,22 @@ impl Tables {
         let Some(entry) = self.peers.get_mut(&peer) else {
             return false;
         };
-        let by_index = &mut self.by_index;
-        entry.sessions.confirm(local_index, |gone| {
-            if by_index.get(&gone.local_index) == Some(&peer) {
-                by_index.remove(&gone.local_index);
+        // At most the other pending sessions and the old previous drop out; collected on the
+        // stack (no allocation) so each index is unmapped only if no slot still holds it.
+        let mut gone = [0u32; MAX_PENDING + 1];
+        let mut n = 0;
+        let promoted = entry.sessions.confirm(local_index, |s| {
+            if let Some(g) = gone.get_mut(n) {
+                *g = s.local_index;
+                n += 1;
             }
-        })
+        });
+        for idx in &gone[..n] {
+            if entry.sessions.find(*idx).is_none() && self.by_index.get(idx) == Some(&peer) {
+                self.by_index.remove(idx);
+            }
+        }
+        promoted
     }
 
     /// Drops sessions whose receive keys expired.
