@@ -19,7 +19,10 @@ use super::counters::PeerCounters;
 /// Which slot a new session goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
-    /// Responder side: usable for receiving now, for sending once the peer confirmed it.
+    /// Responder side: pending, usable for receiving now, for sending once the peer
+    /// confirmed it. A peer may have up to [`MAX_PENDING`] at once (the oldest is pushed
+    /// out), even a peer with no routes and no endpoint yet; the first authenticated packet on
+    /// one promotes it and drops the others ([`super::Event::SessionConfirmed`]).
     Next,
     /// Initiator side: used for sending at once.
     Current,
