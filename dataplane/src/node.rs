@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use shadowmesh_platform::tun::{Tun, TunConfig};
 use shadowmesh_platform::udp::{bind_group, steer_by_lane, UdpSocketConfig};
 
@@ -21,7 +21,7 @@ use crate::engine::{
     choose_backend, BackendKind, Command, Engine, EngineConfig, Event, Slot, WorkerIo,
 };
 use crate::ipc::proto::{self, DownMsg, PeerStats, Stats, UpMsg, WorkerStats};
-use crate::ipc::{IpcHandler, IpcServer};
+use crate::ipc::{IpcHandler, IpcServer, IpcWaker};
 use crate::session::{Limits, Session, SessionKeys};
 
 /// Everything the dataplane process is started with.
@@ -145,6 +145,7 @@ pub fn run(
     );
 
     let server = IpcServer::bind(&cfg.socket)?;
+    let waker = server.waker();
     // Events and control datagrams travel on separate queues all the way to the socket, each
     // with its own forwarder, so a datagram flood that fills its queue (and blocks its
     // forwarder) holds no event back.
@@ -153,9 +154,13 @@ pub fn run(
     let ipc_stop = AtomicBool::new(false);
     ready(local, backend);
     let result = std::thread::scope(|scope| {
-        let forwarder = scope.spawn(|| forward_events(engine.events(), &up_tx, &ipc_stop));
+        // Events wake the IPC thread at once (a confirmation or rekey should not wait out its
+        // poll interval); datagrams, which may come in floods, are picked up on its next look.
+        let forwarder = scope.spawn(|| {
+            forward_events(engine.events(), &up_tx, &ipc_stop, Some(&waker));
+        });
         let dgram_forwarder = scope.spawn(|| {
-            forward_events(engine.control_datagrams(), &dgram_tx, &ipc_stop);
+            forward_events(engine.control_datagrams(), &dgram_tx, &ipc_stop, None);
         });
         let ipc = scope.spawn(|| {
             let mut handler = EngineHandler {
@@ -193,7 +198,12 @@ pub fn run(
 }
 
 /// Turns engine events into IPC events until `stop`.
-fn forward_events(events: &Receiver<Event>, up: &Sender<UpMsg>, stop: &AtomicBool) {
+fn forward_events(
+    events: &Receiver<Event>,
+    up: &Sender<UpMsg>,
+    stop: &AtomicBool,
+    wake: Option<&IpcWaker>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(e) = events.recv_timeout(Duration::from_millis(100)) else {
             continue;
@@ -210,11 +220,21 @@ fn forward_events(events: &Receiver<Event>, up: &Sender<UpMsg>, stop: &AtomicBoo
                 UpMsg::SessionConfirmed { peer, local_index }
             }
         };
-        // Back-pressure instead of loss: while the IPC thread is behind, this waits, the
-        // engine's bounded event queue fills, and the workers count what they drop.
-        if up.send_timeout(msg, Duration::from_millis(100)).is_err() && stop.load(Ordering::Relaxed)
-        {
-            break;
+        // Back-pressure instead of loss: while the IPC thread is behind, this waits (a message
+        // once taken is never dropped here), the engine's bounded queue fills, and the workers
+        // count what they drop (or owe it and say it again).
+        let mut msg = msg;
+        loop {
+            match up.send_timeout(msg, Duration::from_millis(100)) {
+                Ok(()) => {
+                    if let Some(w) = wake {
+                        w.wake();
+                    }
+                    break;
+                }
+                Err(SendTimeoutError::Timeout(m)) if !stop.load(Ordering::Relaxed) => msg = m,
+                Err(_) => return,
+            }
         }
     }
 }
@@ -387,7 +407,25 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::NoSession => P::NoSession,
         DropCause::SourceNotAllowed => P::SourceNotAllowed,
         DropCause::NoBuffer | DropCause::EventQueueFull => P::QueueFull,
-        DropCause::ControlRateLimited => P::RateLimited,
+        DropCause::ControlRateLimited => P::ControlRateLimited,
     };
     p.index()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_control_datagrams_show_in_ipc_stats() {
+        let mut engine = [0u64; DropCause::COUNT];
+        engine[DropCause::ControlRateLimited as usize] = 936;
+        engine[DropCause::EventQueueFull as usize] = 3;
+        let ipc = ipc_drops(&engine);
+        assert_eq!(ipc[proto::DropCause::ControlRateLimited.index()], 936);
+        assert_eq!(ipc[proto::DropCause::QueueFull.index()], 3);
+        // Every engine cause lands somewhere: nothing counted is lost on the way up.
+        let all = [1u64; DropCause::COUNT];
+        assert_eq!(ipc_drops(&all).iter().sum::<u64>(), DropCause::COUNT as u64);
+    }
 }

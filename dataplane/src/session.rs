@@ -726,6 +726,162 @@ mod tests {
         assert_eq!(recv(&mut a, d, later), Ok(60));
     }
 
+    fn lone(idx: u32, at: Duration) -> Arc<Session> {
+        Arc::new(Session::new(idx, idx, 1, &keys(9, false), at, Limits::DEFAULT).unwrap())
+    }
+
+    fn indices(v: &[Arc<Session>]) -> Vec<u32> {
+        v.iter().map(|s| s.local_index).collect()
+    }
+
+    #[test]
+    fn pending_sessions_are_bounded_oldest_out_and_confirm_drops_the_rest() {
+        let mut ps = PeerSessions::new();
+        assert!(ps.install_current(lone(1, T0)).is_none());
+        for i in 0..MAX_PENDING as u32 {
+            assert!(ps.install_next(lone(100 + i, T0)).is_none());
+        }
+        assert_eq!(ps.pending().len(), MAX_PENDING);
+        // Full: the oldest pending one goes; current is untouched.
+        let gone = ps.install_next(lone(200, T0)).unwrap();
+        assert_eq!(gone.local_index, 100);
+        assert_eq!(ps.current.as_ref().unwrap().local_index, 1);
+        assert!(ps.previous.is_none());
+        // The same index again replaces, not duplicates.
+        assert_eq!(ps.install_next(lone(103, T0)).unwrap().local_index, 103);
+        assert_eq!(ps.pending().len(), MAX_PENDING);
+        assert!(ps.is_pending(105) && !ps.is_pending(100));
+        assert!(ps.confirmed_pending().is_none());
+        let mut dropped = Vec::new();
+        assert!(ps.confirm(105, |s| dropped.push(s.local_index)));
+        dropped.sort_unstable();
+        assert_eq!(dropped, vec![101, 102, 103, 104, 106, 107, 200]);
+        assert_eq!(ps.current.as_ref().unwrap().local_index, 105);
+        assert_eq!(ps.previous.as_ref().unwrap().local_index, 1);
+        assert!(ps.pending().is_empty());
+        assert!(!ps.confirm(105, |_| panic!("nothing pending")));
+    }
+
+    #[test]
+    fn remove_and_expire_cover_pending_sessions() {
+        let mut ps = PeerSessions::new();
+        ps.install_next(lone(1, T0));
+        ps.install_next(lone(2, T0 + Duration::from_secs(100)));
+        ps.install_next(lone(3, T0));
+        assert_eq!(ps.remove(3).unwrap().local_index, 3);
+        assert!(ps.remove(3).is_none());
+        let mut gone = Vec::new();
+        ps.expire(T0 + Duration::from_secs(191), |s| gone.push(s.local_index));
+        assert_eq!(gone, vec![1]);
+        assert_eq!(indices(ps.pending()), vec![2]);
+        assert!(ps.find(2).is_some() && ps.find(1).is_none());
+    }
+
+    #[test]
+    fn only_the_first_open_reports_confirmation() {
+        let (s, r) = pair(4, 10, 20, Limits::DEFAULT);
+        let mut d1 = send(&s, T0, 1);
+        let mut d2 = send(&s, T0, 2);
+        let mut bad = send(&s, T0, 3);
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(r.open_confirming(&mut bad, T0), Err(OpenRefused::BadTag));
+        assert!(!r.confirmed(), "a forged packet confirms nothing");
+        assert!(r.open_confirming(&mut d1, T0).unwrap().1);
+        assert!(!r.open_confirming(&mut d2, T0).unwrap().1);
+        assert!(r.confirmed());
+    }
+
+    /// The naive model of [`PeerSessions`]: indices only.
+    #[derive(Default, Debug)]
+    struct Model {
+        current: Option<u32>,
+        previous: Option<u32>,
+        pending: Vec<u32>,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Next(u32),
+        Current(u32),
+        Confirm(u32),
+        Remove(u32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u32..14).prop_map(Op::Next),
+            1 => (0u32..14).prop_map(Op::Current),
+            2 => (0u32..14).prop_map(Op::Confirm),
+            1 => (0u32..14).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn peer_sessions_match_a_naive_model(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut ps = PeerSessions::new();
+            let mut m = Model::default();
+            for op in ops {
+                let mut gone: Vec<u32> = Vec::new();
+                let mut want: Vec<u32> = Vec::new();
+                match op {
+                    Op::Next(i) => {
+                        gone.extend(ps.install_next(lone(i, T0)).map(|s| s.local_index));
+                        if let Some(p) = m.pending.iter().position(|&x| x == i) {
+                            want.push(m.pending.remove(p));
+                        } else if m.pending.len() >= MAX_PENDING {
+                            want.push(m.pending.remove(0));
+                        }
+                        m.pending.push(i);
+                    }
+                    Op::Current(i) => {
+                        gone.extend(ps.install_current(lone(i, T0)).map(|s| s.local_index));
+                        want.extend(m.previous.take());
+                        m.previous = m.current.replace(i);
+                    }
+                    Op::Confirm(i) => {
+                        let promoted = ps.confirm(i, |s| gone.push(s.local_index));
+                        let model_promotes = m.pending.contains(&i);
+                        proptest::prop_assert_eq!(promoted, model_promotes);
+                        if model_promotes {
+                            want.extend(m.pending.drain(..).filter(|&x| x != i));
+                            want.extend(m.previous.take());
+                            m.previous = m.current.replace(i);
+                        }
+                    }
+                    Op::Remove(i) => {
+                        gone.extend(ps.remove(i).map(|s| s.local_index));
+                        if m.current == Some(i) {
+                            want.extend(m.current.take());
+                        } else if m.previous == Some(i) {
+                            want.extend(m.previous.take());
+                        } else if let Some(p) = m.pending.iter().position(|&x| x == i) {
+                            want.push(m.pending.remove(p));
+                        }
+                    }
+                }
+                gone.sort_unstable();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(gone, want);
+                proptest::prop_assert_eq!(ps.current.as_ref().map(|s| s.local_index), m.current);
+                proptest::prop_assert_eq!(ps.previous.as_ref().map(|s| s.local_index), m.previous);
+                proptest::prop_assert_eq!(indices(ps.pending()), m.pending.clone());
+                proptest::prop_assert!(ps.pending().len() <= MAX_PENDING);
+                for i in 0..14 {
+                    let model_has = m.current == Some(i)
+                        || m.previous == Some(i)
+                        || m.pending.contains(&i);
+                    proptest::prop_assert_eq!(ps.find(i).is_some(), model_has);
+                    proptest::prop_assert_eq!(ps.is_pending(i), m.pending.contains(&i));
+                }
+                proptest::prop_assert_eq!(ps.all().count(),
+                    usize::from(m.current.is_some()) + usize::from(m.previous.is_some())
+                        + m.pending.len());
+            }
+        }
+    }
+
     #[test]
     fn find_and_confirm_only_next() {
         let (_, b1) = pair(1, 1, 2, Limits::DEFAULT);

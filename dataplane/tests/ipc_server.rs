@@ -561,3 +561,63 @@ fn second_server_on_live_socket_is_refused() {
     // The first one still works.
     IpcClient::connect(&srv.path).unwrap();
 }
+
+#[test]
+fn events_overtake_a_flood_of_control_datagrams() {
+    let dir = TempDir::new("split");
+    let path = dir.0.join("dp.sock");
+    let server = IpcServer::bind(&path).expect("bind IPC server");
+    let counters = server.counters();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded(64);
+    let (dg_tx, dg_rx) = crossbeam_channel::bounded(4096);
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut handler = MemoryHandler::default();
+        server.run_split(&mut handler, ev_rx, dg_rx, &stop2)
+    });
+    let mut c = IpcClient::connect(&path).unwrap();
+    // A reply means the server holds us as its control connection.
+    assert!(matches!(
+        c.request(DownMsg::GetStats { first_peer: 0 }),
+        Ok(UpMsg::Stats(_))
+    ));
+    const FLOOD: usize = 3000;
+    let src: SocketAddr = "203.0.113.66:4444".parse().unwrap();
+    for _ in 0..FLOOD {
+        dg_tx
+            .send(UpMsg::ControlReceived {
+                src,
+                payload: vec![5; 1200],
+            })
+            .unwrap();
+    }
+    // The socket to us is full of datagrams, thousands more wait; now an event comes.
+    wait_for("the client's socket to fill", || {
+        counters.events_deferred.load(Ordering::Relaxed) > 0
+    });
+    let want = UpMsg::RekeyNeeded {
+        peer: 1,
+        local_index: 2,
+    };
+    ev_tx.send(want.clone()).unwrap();
+    let mut position = None;
+    for n in 0..=FLOOD {
+        match c.recv_event(Duration::from_secs(2)).unwrap() {
+            Some(ev) if ev == want => {
+                position = Some(n);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let position = position.expect("the event never arrived");
+    println!("event handed out after {position} of {FLOOD} queued control datagrams");
+    assert!(
+        position < 1024,
+        "the event waited behind {position} datagrams"
+    );
+    stop.store(true, Ordering::Release);
+    thread.join().unwrap().unwrap();
+}

@@ -377,4 +377,59 @@ mod tests {
         drop(bridge);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn events_are_not_held_back_by_datagrams_nobody_reads() {
+        let dir = std::env::temp_dir().join(format!("sm-bridge-split-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = serve(&path);
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        // The daemon is busy: it never reads datagrams in this test.
+        let (dg_tx, dg_rx) = mpsc::channel(4);
+        let (bridge, _thread) = Bridge::spawn_split(path.clone(), ev_tx, dg_tx).unwrap();
+        assert!(matches!(
+            rt.block_on(next(&mut ev_rx)),
+            BridgeEvent::Connected
+        ));
+        // Make sure the server holds the bridge as its control connection.
+        let r = rt.block_on(bridge.request(DownMsg::GetStats { first_peer: 0 }));
+        assert!(matches!(r, Ok(UpMsg::Stats(_))), "{r:?}");
+        let src = "203.0.113.66:4444".parse().unwrap();
+        let server_up = server.up.clone();
+        let feeder = std::thread::spawn(move || {
+            for _ in 0..200 {
+                server_up
+                    .send(UpMsg::ControlReceived {
+                        src,
+                        payload: vec![5; 100],
+                    })
+                    .unwrap();
+            }
+            server_up
+                .send(UpMsg::RekeyNeeded {
+                    peer: 1,
+                    local_index: 2,
+                })
+                .unwrap();
+        });
+        match rt.block_on(next(&mut ev_rx)) {
+            BridgeEvent::Event(UpMsg::RekeyNeeded {
+                peer: 1,
+                local_index: 2,
+            }) => {}
+            other => panic!("expected the event, got {other:?}"),
+        }
+        feeder.join().unwrap();
+        assert_eq!(dg_rx.len(), 4, "datagrams beyond their channel are dropped");
+        server.stop.store(true, Ordering::Release);
+        let _ = server.thread.join();
+        drop(bridge);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routing::RoutingTable;
-use crate::session::{PeerId, PeerSessions, Session};
+use crate::session::{PeerId, PeerSessions, Session, MAX_PENDING};
 
 use super::counters::PeerCounters;
 
 /// Which slot a new session goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
-    /// Responder side: usable for receiving now, for sending once the peer confirmed it.
+    /// Responder side: pending, usable for receiving now, for sending once the peer
+    /// confirmed it. A peer may have up to [`MAX_PENDING`] at once (the oldest is pushed
+    /// out), even a peer with no routes and no endpoint yet; the first authenticated packet on
+    /// one promotes it and drops the others ([`super::Event::SessionConfirmed`]).
     Next,
     /// Initiator side: used for sending at once.
     Current,
@@ -218,12 +221,22 @@ impl Tables {
         let Some(entry) = self.peers.get_mut(&peer) else {
             return false;
         };
-        let by_index = &mut self.by_index;
-        entry.sessions.confirm(local_index, |gone| {
-            if by_index.get(&gone.local_index) == Some(&peer) {
-                by_index.remove(&gone.local_index);
+        // At most the other pending sessions and the old previous drop out; collected on the
+        // stack (no allocation) so each index is unmapped only if no slot still holds it.
+        let mut gone = [0u32; MAX_PENDING + 1];
+        let mut n = 0;
+        let promoted = entry.sessions.confirm(local_index, |s| {
+            if let Some(g) = gone.get_mut(n) {
+                *g = s.local_index;
+                n += 1;
             }
-        })
+        });
+        for idx in &gone[..n] {
+            if entry.sessions.find(*idx).is_none() && self.by_index.get(idx) == Some(&peer) {
+                self.by_index.remove(idx);
+            }
+        }
+        promoted
     }
 
     /// Drops sessions whose receive keys expired.

@@ -8,6 +8,11 @@
 //! inner source against the peer's prefixes, then coalesce consecutive TCP segments back into
 //! super-packets written to the TUN with a virtio-net header.
 //!
+//! Control datagrams pass the worker's token buckets ([`crate::ratelimit`]) before they are
+//! copied and queued on their own channel. Events go on another; the first authenticated packet
+//! on a pending session promotes it and is reported once; an event that found its queue full
+//! is asked again (rekey) or owed and retried each turn (confirmation, new endpoint).
+//!
 //! Must never: allocate, lock, or make a system call per packet (the backend batches them);
 //! reorder one flow; panic on anything that arrives.
 

@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 /// array of another length, so any new message or drop cause is a new version.
 ///
 /// - 1: the first.
-/// - 2: `SessionConfirmed` event (tag 8); drop cause `RateLimited` (index 12, 13 causes).
+/// - 2: `SessionConfirmed` event (tag 8); drop cause `ControlRateLimited` (index 12, 13 causes).
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest message, in bytes, either way.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -328,7 +328,7 @@ pub enum DropCause {
     /// Packet too large for the path.
     TooLarge = 11,
     /// A control datagram over its source's or the worker's rate limit.
-    RateLimited = 12,
+    ControlRateLimited = 12,
 }
 
 /// How many [`DropCause`]s there are (the length of `drops` arrays).
@@ -349,7 +349,7 @@ impl DropCause {
         DropCause::UdpSend,
         DropCause::QueueFull,
         DropCause::TooLarge,
-        DropCause::RateLimited,
+        DropCause::ControlRateLimited,
     ];
 
     /// Index into a `drops` array.
@@ -372,7 +372,7 @@ impl DropCause {
             DropCause::UdpSend => "udp_send",
             DropCause::QueueFull => "queue_full",
             DropCause::TooLarge => "too_large",
-            DropCause::RateLimited => "rate_limited",
+            DropCause::ControlRateLimited => "control_rate_limited",
         }
     }
 }

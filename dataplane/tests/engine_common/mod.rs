@@ -824,9 +824,14 @@ impl Pair {
 
     /// A and B with routes and endpoints but no session.
     pub fn without_sessions(cfg: FakeConfig) -> Self {
+        Self::without_sessions_with(cfg, NodeOptions::default())
+    }
+
+    /// [`Pair::without_sessions`] with `opts` for both nodes.
+    pub fn without_sessions_with(cfg: FakeConfig, opts: NodeOptions) -> Self {
         set_clock(T0);
-        let a = Node::new(0, cfg.clone(), A_ADDR);
-        let b = Node::new(1, cfg, B_ADDR);
+        let a = Node::with_options(0, cfg.clone(), A_ADDR, opts);
+        let b = Node::with_options(1, cfg, B_ADDR, opts);
         a.command(Command::SetEndpoint {
             peer: PEER_B,
             addr: B_ADDR,

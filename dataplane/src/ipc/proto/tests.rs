@@ -246,10 +246,10 @@ fn session_confirmed_vector() {
 }
 
 #[test]
-fn rate_limited_is_the_last_drop_cause() {
+fn control_rate_limited_is_the_last_drop_cause() {
     assert_eq!(DropCause::ALL.len(), DROP_CAUSES);
-    assert_eq!(DropCause::RateLimited.index(), 12);
-    assert_eq!(DropCause::RateLimited.name(), "rate_limited");
+    assert_eq!(DropCause::ControlRateLimited.index(), 12);
+    assert_eq!(DropCause::ControlRateLimited.name(), "control_rate_limited");
     for (i, c) in DropCause::ALL.iter().enumerate() {
         assert_eq!(c.index(), i);
     }
