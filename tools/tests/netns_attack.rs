@@ -199,7 +199,9 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
         let limited: u64 = st
             .workers
             .iter()
-            .map(|w| w.drops[shadowmesh_dataplane::ipc::proto::DropCause::RateLimited as usize])
+            .map(|w| {
+                w.drops[shadowmesh_dataplane::ipc::proto::DropCause::ControlRateLimited as usize]
+            })
             .sum();
         eprintln!(
             "dataplane {}: control datagrams rate-limited {limited}",
