@@ -145,6 +145,8 @@ pub struct Tables {
     pub by_index: IdMap<PeerId>,
     /// Cryptokey routing: inner address → peer.
     pub routes: RoutingTable<PeerId>,
+    /// Session installs refused because their index was in use.
+    pub refused_installs: u64,
 }
 
 impl Tables {
@@ -161,6 +163,13 @@ impl Tables {
                 slot,
                 session,
             } => {
+                // An index already in use is refused, never overwritten: under another peer
+                // it would take over that peer's traffic, under the same peer it would restart
+                // a key's send counter (nonce reuse) and replay window.
+                if self.by_index.contains_key(&session.local_index) {
+                    self.refused_installs += 1;
+                    return;
+                }
                 let entry = self
                     .peers
                     .entry(peer)
@@ -247,5 +256,49 @@ impl Tables {
                 by_index.remove(&gone.local_index);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Cipher;
+    use crate::session::{Limits, SessionKeys};
+
+    fn session(index: u32, peer: PeerId, key: u8) -> Arc<Session> {
+        let keys = SessionKeys {
+            cipher: Cipher::Aes256Gcm,
+            send: [key; 32],
+            recv: [key.wrapping_add(1); 32],
+        };
+        Arc::new(Session::new(index, 77, peer, &keys, Duration::ZERO, Limits::DEFAULT).unwrap())
+    }
+
+    #[test]
+    fn an_index_in_use_is_refused_never_overwritten() {
+        let mut t = Tables::default();
+        let mut counters = |_| Arc::new(PeerCounters::default());
+        let install =
+            |t: &mut Tables, peer, slot, s, c: &mut dyn FnMut(PeerId) -> Arc<PeerCounters>| {
+                t.apply(
+                    Command::InstallSession {
+                        peer,
+                        slot,
+                        session: s,
+                    },
+                    c,
+                );
+            };
+        let first = session(5, 1, 1);
+        install(&mut t, 1, Slot::Current, Arc::clone(&first), &mut counters);
+        // Another peer's session with the same index does not take it over.
+        install(&mut t, 2, Slot::Next, session(5, 2, 9), &mut counters);
+        assert_eq!(t.by_index.get(&5), Some(&1));
+        assert!(t.peers.get(&2).is_none_or(|e| e.sessions.find(5).is_none()));
+        // Nor does the same peer's (it would restart the key's counter).
+        install(&mut t, 1, Slot::Current, session(5, 1, 1), &mut counters);
+        let kept = t.peers.get(&1).and_then(|e| e.sessions.find(5)).unwrap();
+        assert!(Arc::ptr_eq(kept, &first));
+        assert_eq!(t.refused_installs, 2);
     }
 }
