@@ -20,7 +20,7 @@ use shadowmesh_control::handshake::{
     messages::COOKIE_REPLY_LEN, Initiator, InitiatorOptions, Responder, ResponderOutput,
 };
 use shadowmesh_control::identity::Identity;
-use shadowmesh_control::transport::fragment;
+use shadowmesh_control::transport::{fragment, FrameKey};
 
 const T0: u64 = 1_800_000_000;
 
@@ -101,13 +101,14 @@ fn print_sizes(n: &Net) {
     let mut line = String::new();
     for (k, hash) in [(0u64, false), (1, true)] {
         let (m1, m2) = handshake(n, &mut r, Duration::from_secs(T0 + k), hash);
-        let d1 = fragment(1, 0, &vec![0; m1]).expect("frag").len();
-        let d2 = fragment(1, 0, &vec![0; m2]).expect("frag").len();
+        let key = FrameKey::for_network(&[0; 32]);
+        let d1 = fragment(&key, 1, 0, &vec![0; m1]).expect("frag").len();
+        let d2 = fragment(&key, 1, 0, &vec![0; m2]).expect("frag").len();
         let what = if hash { "cached cert" } else { "first contact" };
         line.push_str(&format!(
-            "  {what}: M1 {m1} B ({d1} datagrams) + M2 {m2} B ({d2} datagrams) = {} B (+{} B frame headers)\n",
+            "  {what}: M1 {m1} B ({d1} datagrams) + M2 {m2} B ({d2} datagrams) = {} B (+{} B frame headers and MACs)\n",
             m1 + m2,
-            8 * (d1 + d2)
+            24 * (d1 + d2)
         ));
     }
     println!(

@@ -13,7 +13,8 @@ use shadowmesh_control::handshake::{
 };
 use shadowmesh_control::identity::Identity;
 use shadowmesh_control::transport::{
-    fragment, Reassembler, ReassemblyLimits, CONTROL_TYPE, KIND_HANDSHAKE, MAX_DATAGRAM,
+    fragment, FrameKey, Incoming, Reassembler, ReassemblyLimits, CONTROL_TYPE, KIND_HANDSHAKE,
+    MAX_DATAGRAM,
 };
 
 fn req(id: &Identity, name: &str, ip: u8, now: u64) -> NodeCertRequest {
@@ -34,7 +35,11 @@ fn carry(frags: &[Vec<u8>], from: SocketAddr, r: &mut Reassembler, now: Duration
     // Deliver in reverse order to exercise reassembly.
     for f in frags.iter().rev() {
         assert!(f.len() <= MAX_DATAGRAM && f[0] == CONTROL_TYPE);
-        if let Some(m) = r.handle_datagram(from, f, now).expect("valid fragment") {
+        let mut acks = Vec::new();
+        if let Incoming::Message(m) = r
+            .handle_datagram(from, f, now, &mut acks)
+            .expect("valid fragment")
+        {
             assert_eq!(m.kind, KIND_HANDSHAKE);
             out = Some(m.payload);
         }
@@ -52,8 +57,9 @@ fn handshake_over_fragmented_transport() {
     let b_cert = ca.sign(req(&b, "b", 2, now.as_secs())).unwrap();
     let a_addr: SocketAddr = "198.51.100.1:51820".parse().unwrap();
     let b_addr: SocketAddr = "198.51.100.2:51820".parse().unwrap();
-    let mut ra = Reassembler::new(ReassemblyLimits::default());
-    let mut rb = Reassembler::new(ReassemblyLimits::default());
+    let key = FrameKey::for_network(&ca.public().id());
+    let mut ra = Reassembler::new(key.clone(), ReassemblyLimits::default());
+    let mut rb = Reassembler::new(key.clone(), ReassemblyLimits::default());
     let mut resp = Responder::new(&b, &b_cert, ca.public()).unwrap();
     let rng = SystemRandom::new();
 
@@ -67,18 +73,24 @@ fn handshake_over_fragmented_transport() {
         let (mut init, m1) =
             Initiator::with_options(&a, &a_cert, &b_cert, ca.public(), 100 + k, t, &rng, opts)
                 .unwrap();
-        let f1 = fragment(KIND_HANDSHAKE, k, &m1).unwrap();
+        let f1 = fragment(&key, KIND_HANDSHAKE, k, &m1).unwrap();
         let got = carry(&f1, a_addr, &mut rb, t);
         let (m2, re) = match resp
             .handle_initiation(&got, a_addr, t, false, 200 + k)
             .unwrap()
         {
             ResponderOutput::Reply {
-                m2, established, ..
-            } => (m2, established),
+                m2,
+                established,
+                commit,
+            } => {
+                // What key confirmation commits (caches the full certificate for round 2).
+                resp.commit(&commit, &established.peer_cert);
+                (m2, established)
+            }
             ResponderOutput::CookieReply(_) => panic!("not under load"),
         };
-        let f2 = fragment(KIND_HANDSHAKE, k, &m2).unwrap();
+        let f2 = fragment(&key, KIND_HANDSHAKE, k, &m2).unwrap();
         let got2 = carry(&f2, b_addr, &mut ra, t);
         let ie = match init.handle_message(&got2, t).unwrap() {
             InitiatorEvent::Established(e) => e,

@@ -19,7 +19,7 @@ use shadowmesh_control::cert::{CaPublic, NodeCert};
 use shadowmesh_control::handshake::messages::COOKIE_REPLY_LEN;
 use shadowmesh_control::handshake::{Initiator, InitiatorOptions};
 use shadowmesh_control::identity::Identity;
-use shadowmesh_control::transport::{fragment, KIND_HANDSHAKE, MAX_FRAGMENTS};
+use shadowmesh_control::transport::{fragment, FrameKey, KIND_HANDSHAKE, MAX_FRAGMENTS};
 
 /// What to attack and how hard.
 #[derive(Debug, Clone)]
@@ -66,6 +66,8 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
     let claimed = NodeCert::load(&plan.as_cert)
         .with_context(|| format!("impersonated certificate {}", plan.as_cert.display()))?;
     let ca = CaPublic::load(&plan.ca).with_context(|| format!("CA {}", plan.ca.display()))?;
+    // The fragment MAC is keyed by the CA's ID, which the attacker has: its frames pass it.
+    let key = FrameKey::for_network(&ca.id());
     let mallory = Identity::generate().context("generating the attacker's keys")?;
     let rng = SystemRandom::new();
     let bind: SocketAddr = if plan.to.is_ipv4() {
@@ -107,7 +109,7 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
                 opts,
             )
             .context("building a forged initiation")?;
-            forged_frames = fragment(KIND_HANDSHAKE, random_u32(&rng), &m1)?;
+            forged_frames = fragment(&key, KIND_HANDSHAKE, random_u32(&rng), &m1)?;
             for f in &forged_frames {
                 let _ = sock.send_to(f, plan.to);
                 sent += 1;
@@ -116,7 +118,7 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
             let mut reply = vec![0u8; COOKIE_REPLY_LEN];
             let _ = rng.fill(&mut reply);
             reply[..4].copy_from_slice(&[3, 0, 0, 0]);
-            for f in fragment(KIND_HANDSHAKE, random_u32(&rng), &reply)? {
+            for f in fragment(&key, KIND_HANDSHAKE, random_u32(&rng), &reply)? {
                 let _ = sock.send_to(&f, plan.to);
                 sent += 1;
             }
@@ -124,7 +126,7 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
             // A fresh large message each round; all its fragments but the last.
             let mut msg = vec![0u8; (MAX_FRAGMENTS - 1) * 1000];
             let _ = rng.fill(&mut msg);
-            let mut frames = fragment(KIND_HANDSHAKE, random_u32(&rng), &msg)?;
+            let mut frames = fragment(&key, KIND_HANDSHAKE, random_u32(&rng), &msg)?;
             frames.pop();
             partial.extend(frames);
             if partial.len() > 4 * MAX_FRAGMENTS {

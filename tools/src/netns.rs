@@ -501,3 +501,76 @@ impl Topology {
         })
     }
 }
+
+impl Topology {
+    /// Drops `percent` % of the UDP datagrams arriving at `port` in node i, at random
+    /// (nftables `numgen random`; this kernel has no netem), replacing an earlier rule of
+    /// ours. Set on both nodes of a pair, each direction loses `percent` %.
+    pub fn set_udp_loss(&self, i: usize, port: u16, percent: u8) -> anyhow::Result<()> {
+        if percent > 100 {
+            bail!("a loss of 0..=100 %, not {percent}");
+        }
+        let ns = self.node(i);
+        // Absent the first time: nothing to delete.
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "nft", "delete", "table", "inet", "smloss",
+            ])
+            .output();
+        let rules = self.dir.join(format!("loss{i}.nft"));
+        std::fs::write(
+            &rules,
+            format!(
+                "table inet smloss {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+                 udp dport {port} numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+            ),
+        )?;
+        let path = rules.to_str().context("non-UTF-8 path")?;
+        run(&["ip", "netns", "exec", ns, "nft", "-f", path])?;
+        Ok(())
+    }
+
+    /// Datagrams dropped so far by node i's loss rule ([`Topology::set_udp_loss`]).
+    pub fn udp_loss_drops(&self, i: usize) -> anyhow::Result<u64> {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            self.node(i),
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "smloss",
+        ])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n = text
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .context("no counter in the loss rule")?;
+        Ok(n)
+    }
+
+    /// Stops node i's `shadowmesh up` and everything it started (kill -9) and removes its
+    /// sockets, so that [`Topology::start_node`] starts it afresh: a fresh start has no
+    /// session and no cached certificate, so its next handshake is a first contact.
+    pub fn stop_node(&mut self, i: usize, node: &MeshNode) -> anyhow::Result<()> {
+        let _ = self.wait(node.up, Duration::ZERO);
+        // Bounded: 160 × 25 ms.
+        for _ in 0..160 {
+            let left = self.pids_named(i, "shadowmesh");
+            if left.is_empty() {
+                let _ = std::fs::remove_file(&node.admin);
+                let _ = std::fs::remove_file(&node.dataplane);
+                return Ok(());
+            }
+            for p in &left {
+                let _ = Command::new("kill").args(["-9", p]).status();
+            }
+            std::thread::sleep(STEP);
+        }
+        bail!("node {i}: shadowmesh processes still running 4 s after kill -9")
+    }
+}

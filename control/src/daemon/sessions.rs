@@ -43,7 +43,7 @@ use crate::handshake::{
 use crate::identity::Identity;
 use crate::ratelimit::RateLimiter;
 use crate::transport::{
-    fragment, Reassembler, ReassemblyLimits, RetransmitConfig, RetransmitEvent, Retransmitter,
+    Budget, FrameKey, RetransmitConfig, RetransmitEvent, Retransmitter, Transport, TransportConfig,
     KIND_HANDSHAKE,
 };
 
@@ -159,7 +159,7 @@ pub struct Driver<'a> {
     my_node_id: [u8; 32],
     ca: CaPublic,
     responder: Responder<'a>,
-    reassembler: Reassembler,
+    transport: Transport,
     retransmit: Retransmitter<u32>,
     pending: HashMap<u32, Pending<'a>>,
     used_indices: HashSet<u32>,
@@ -237,13 +237,14 @@ impl<'a> Driver<'a> {
         let mut seed = [0u8; 4];
         rng.fill(&mut seed)
             .map_err(|_| DaemonError::Crypto("random message id"))?;
+        let frame_key = FrameKey::for_network(&ca.id());
         let mut d = Self {
             identity,
             my_node_id: my_cert.node_id(),
             my_cert,
             ca,
             responder,
-            reassembler: Reassembler::new(ReassemblyLimits::default()),
+            transport: Transport::new(frame_key, TransportConfig::default()),
             retransmit: Retransmitter::new(settings.retransmit),
             pending: HashMap::new(),
             used_indices: HashSet::new(),
@@ -428,7 +429,8 @@ impl<'a> Driver<'a> {
     /// the latest one second from `now`: the peer timers are checked once a second).
     #[must_use]
     pub fn poll_timeout(&self, now: impl Into<Now>) -> Duration {
-        let tick = now.into().mono + Duration::from_secs(1);
+        let mono = now.into().mono;
+        let tick = mono + Duration::from_secs(1);
         let pending = self
             .pending_resp
             .values()
@@ -436,7 +438,7 @@ impl<'a> Driver<'a> {
             .min();
         [
             self.retransmit.poll_timeout(),
-            self.reassembler.poll_timeout(),
+            self.transport.poll_timeout(mono),
             pending,
         ]
         .into_iter()
@@ -452,7 +454,12 @@ impl<'a> Driver<'a> {
         let now = now.into();
         let mono = now.mono;
         let mut out = Vec::new();
-        self.reassembler.handle_timeout(mono);
+        let mut tx = Vec::new();
+        self.transport.handle_timeout(mono, &mut tx);
+        out.extend(tx.into_iter().map(|t| DownMsg::SendControl {
+            dst: t.dst,
+            payload: t.payload,
+        }));
         for ev in self.retransmit.handle_timeout(mono) {
             match ev {
                 RetransmitEvent::Retransmit { key, attempt } => {
@@ -713,12 +720,25 @@ impl<'a> Driver<'a> {
     fn send(&mut self, dst: SocketAddr, msg: &[u8], out: &mut Vec<DownMsg>) {
         let id = self.next_msg_id;
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
-        match fragment(KIND_HANDSHAKE, id, msg) {
-            Ok(frags) => out.extend(
-                frags
-                    .into_iter()
-                    .map(|payload| DownMsg::SendControl { dst, payload }),
-            ),
+        // The transport repairs lost fragments within a budget: our own initiation may be
+        // resent more; M2 and cookie replies go to addresses not yet validated, so they get
+        // 3 copies' worth at most (the 3× rule). A newer message of the same type to the same
+        // address replaces the older one's repair (its handshake state is gone).
+        let (budget, class) = match msg.first() {
+            Some(&KIND_INITIATION) => (Budget::INITIATION, Some(KIND_INITIATION)),
+            Some(&k) => (Budget::UNVALIDATED_REPLY, Some(k)),
+            None => (Budget::ONCE, None),
+        };
+        // `None`: the driver's send paths do not all carry the time; the transport arms the
+        // repair timer at the next `handle_timeout`, which `poll_timeout` asks for at once.
+        match self
+            .transport
+            .send(dst, KIND_HANDSHAKE, id, msg, budget, class, None)
+        {
+            Ok(frags) => out.extend(frags.into_iter().map(|t| DownMsg::SendControl {
+                dst: t.dst,
+                payload: t.payload,
+            })),
             Err(e) => warn!(%dst, "handshake message not sent: {e}"),
         }
     }
@@ -813,7 +833,13 @@ impl<'a> Driver<'a> {
     }
 
     fn on_datagram(&mut self, src: SocketAddr, d: &[u8], now: Now, out: &mut Vec<DownMsg>) {
-        let msg = match self.reassembler.handle_datagram(src, d, now.mono) {
+        let mut acks = Vec::new();
+        let res = self.transport.handle_datagram(src, d, now.mono, &mut acks);
+        out.extend(acks.into_iter().map(|t| DownMsg::SendControl {
+            dst: t.dst,
+            payload: t.payload,
+        }));
+        let msg = match res {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
