@@ -578,6 +578,45 @@ proptest! {
         }
     }
 
+    /// Any sequence of ACKs — from any address, for any message id, any bitmap, replayed
+    /// at any time — never makes the sender send to an address other than the message's
+    /// destination, nor more than its budget.
+    #[test]
+    fn acks_never_redirect_or_exceed_the_budget(
+        acks in proptest::collection::vec(
+            (0u16..4, 0u32..3, 1u8..8, any::<u64>(), 0u64..3000),
+            0..200,
+        ),
+        reply in any::<bool>(),
+    ) {
+        let k = key();
+        let dst = addr(1);
+        let budget = if reply { Budget::UNVALIDATED_REPLY } else { Budget::INITIATION };
+        let mut s = Sender::new(RepairConfig::default());
+        let frags = fragment(&k, KIND_HANDSHAKE, 1, &[4u8; 6000]).unwrap();
+        let n = frags.len();
+        let bytes: usize = frags.iter().map(Vec::len).sum();
+        let mut sent = s.send(dst, KIND_HANDSHAKE, 1, frags, budget, None, Some(Duration::ZERO));
+        let mut acks = acks;
+        acks.sort_by_key(|a| a.4);
+        for (src, id, count, held, at) in acks {
+            let now = Duration::from_millis(at * 10);
+            s.handle_timeout(now, &mut sent);
+            let ack = Ack { kind: KIND_HANDSHAKE, msg_id: id, frag_count: count, held: held & fragment::mask(count) };
+            s.on_ack(addr(src), ack, now);
+        }
+        s.handle_timeout(Duration::from_secs(60), &mut sent);
+        prop_assert!(sent.iter().all(|t| t.dst == dst));
+        let total: usize = sent.iter().map(|t| t.payload.len()).sum();
+        prop_assert!(total <= usize::from(budget.copies) * bytes);
+        let mut per = HashMap::new();
+        for t in &sent {
+            *per.entry(t.payload.clone()).or_insert(0u8) += 1;
+        }
+        prop_assert!(per.values().all(|c| *c <= budget.per_fragment));
+        prop_assert!(per.len() <= n);
+    }
+
     /// Whatever the loss (even 100 %), nothing is delivered twice and nothing goes beyond the
     /// budget.
     #[test]
