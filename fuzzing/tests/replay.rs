@@ -11,7 +11,7 @@ fn replay_dir(dir: &Path) -> usize {
     let Ok(targets) = std::fs::read_dir(dir) else {
         return 0;
     };
-    for t in targets.flatten() {
+    for t in targets.flatten().filter(|t| t.path().is_dir()) {
         let name = t.file_name().to_string_lossy().into_owned();
         let Some(target) = by_name(&name) else {
             panic!("{}: no target called {name}", t.path().display());
