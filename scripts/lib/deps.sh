@@ -38,3 +38,24 @@ ensure_rust() {
     exit 1
   fi
 }
+
+# ensure_fuzz — a nightly toolchain and cargo-fuzz, for the fuzz step of scripts/test.sh.
+# Installs what is missing (rustup nightly, minimal profile; `cargo install cargo-fuzz
+# --locked`). When either cannot be had, prints one line saying why and returns 1: fuzzing is
+# then skipped, never failed.
+ensure_fuzz() {
+  local why=""
+  if ! command -v rustup >/dev/null 2>&1; then
+    why="rustup not found (nightly cannot be installed)"
+  elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly' \
+       && ! rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
+    why="no nightly toolchain (rustup toolchain install nightly failed)"
+  elif ! cargo fuzz --version >/dev/null 2>&1 \
+       && ! cargo install cargo-fuzz --locked >/dev/null 2>&1; then
+    why="cargo-fuzz missing and 'cargo install cargo-fuzz --locked' failed"
+  fi
+  if [ -n "$why" ]; then
+    echo "skipped fuzzing: $why"
+    return 1
+  fi
+}
