@@ -13,7 +13,7 @@ use shadowmesh_control::armor;
 use shadowmesh_control::handshake::{
     tai64n, CipherChoice, Initiator, InitiatorOptions, Responder, ResponderOutput,
 };
-use shadowmesh_control::transport::{fragment, KIND_DHT, KIND_HANDSHAKE};
+use shadowmesh_control::transport::{fragment, FrameKey, KIND_DHT, KIND_HANDSHAKE};
 use shadowmesh_dataplane::ipc::proto::{
     encode_down, encode_up, DownFrame, DownMsg, ErrorCode, Hello, InstallSession, PeerStats, Role,
     Slot, Stats, UpFrame, UpMsg, WorkerStats, CIPHER_AES_256_GCM, DROP_CAUSES,
@@ -166,8 +166,9 @@ fn records(mode: u8, items: &[(u8, u8, &[u8])]) -> Vec<u8> {
 }
 
 fn reassembly(m1: &[u8]) -> Named {
-    let frags = fragment(KIND_HANDSHAKE, 1, m1).expect("fragment M1");
-    let other = fragment(KIND_DHT, 2, &[0x42; 3000]).expect("fragment DHT message");
+    let key = FrameKey::for_network(&net().ca.id());
+    let frags = fragment(&key, KIND_HANDSHAKE, 1, m1).expect("fragment M1");
+    let other = fragment(&key, KIND_DHT, 2, &[0x42; 3000]).expect("fragment DHT message");
     let in_order: Vec<(u8, u8, &[u8])> = frags.iter().map(|f| (0, 0, &f[..])).collect();
     let reversed: Vec<(u8, u8, &[u8])> = frags.iter().rev().map(|f| (0, 1, &f[..])).collect();
     let mut interleaved = Vec::new();
@@ -186,7 +187,7 @@ fn reassembly(m1: &[u8]) -> Named {
     let mut dup_and_bad: Vec<(u8, u8, &[u8])> = vec![(0, 0, &other[0][..]), (0, 0, &other[0][..])];
     let mut inconsistent = other[1].clone();
     inconsistent[7] = 9;
-    let single = fragment(KIND_DHT, 3, b"hello").expect("fragment");
+    let single = fragment(&key, KIND_DHT, 3, b"hello").expect("fragment");
     dup_and_bad.push((0, 0, &inconsistent[..]));
     dup_and_bad.push((1, 0, &single[0][..]));
     dup_and_bad.push((1, 0, &[5, 1, 0, 0, 0, 0, 0, 0][..]));

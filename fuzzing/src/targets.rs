@@ -22,11 +22,13 @@ use shadowmesh_control::handshake::messages::{
     CookieReply, COOKIE_REPLY_LEN, M1, M2, M2_LEN, M2_MAC1_AT, MAC_LEN,
 };
 use shadowmesh_control::handshake::{
-    Established, Initiator, InitiatorEvent, InitiatorState, Responder, ResponderOutput,
+    Established, HandshakeError, Initiator, InitiatorEvent, InitiatorState, Responder,
+    ResponderOutput,
 };
 use shadowmesh_control::identity::{Identity, IdentityPublic};
 use shadowmesh_control::transport::{
-    Reassembler, ReassemblyLimits, ENTRY_OVERHEAD, MAX_FRAGMENTS, MAX_FRAGMENT_PAYLOAD,
+    FrameKey, Incoming, Reassembler, ReassemblyLimits, ENTRY_OVERHEAD, MAX_FRAGMENTS,
+    MAX_FRAGMENT_PAYLOAD,
 };
 use shadowmesh_dataplane::ipc::proto::{decode_down, decode_up, encode_down, encode_up};
 use shadowmesh_dataplane::wire::{self, Datagram, MAX_CONTROL_LEN, MIN_CONTROL_LEN, MSG_CONTROL};
@@ -82,19 +84,23 @@ fn responder() -> Responder<'static> {
 }
 
 /// Checks what a responder answered: M2 of the right size naming our index, or a cookie reply;
-/// an accepted peer always holds one of the two CA-signed certificates.
+/// an accepted peer always holds A's CA-signed certificate (never B's own).
 fn check_responder_output(out: &ResponderOutput) {
     let n = net();
     match out {
-        ResponderOutput::Reply { m2, established } => {
+        ResponderOutput::Reply {
+            m2, established, ..
+        } => {
             assert_eq!(m2.len(), M2_LEN);
             let parsed = M2::parse(m2).expect("our own M2 parses");
             assert_eq!(parsed.sender, RESPONDER_INDEX);
             check_established(established, false);
             let h = established.peer_cert.hash();
+            // Only A: a certificate the CA never signed, and B's own (a reflection), are
+            // refused.
             assert!(
-                h == n.a_cert.hash() || h == n.b_cert.hash(),
-                "a certificate the CA never signed was accepted"
+                h == n.a_cert.hash(),
+                "a certificate other than A's was accepted"
             );
         }
         ResponderOutput::CookieReply(c) => {
@@ -230,6 +236,8 @@ pub fn handshake_initiator(data: &[u8]) {
             }
             let _ = initiator_feed(state, &fixed);
             genuine_cookie_reply(state, data);
+            // That initiation took its one cookie: start a fresh one for the next input.
+            done = true;
         }
         if done {
             *slot = None;
@@ -263,6 +271,14 @@ fn genuine_cookie_reply(state: &mut InitiatorState<'static>, data: &[u8]) {
         }
         other => panic!("a genuine cookie reply was refused: {other:?}"),
     }
+    // One cookie reply per initiation: the same reply again (a replay) is refused and
+    // nothing is resent.
+    let resent = state.initiation().to_vec();
+    assert!(matches!(
+        state.handle_message(&reply, NOW),
+        Err(HandshakeError::CookieAlreadyTaken)
+    ));
+    assert_eq!(state.initiation(), &resent[..]);
 }
 
 /// Sources the reassembly target spreads datagrams over.
@@ -285,6 +301,7 @@ pub fn transport_reassembly(data: &[u8]) {
             total_bytes: 6 * (MAX_FRAGMENT_PAYLOAD + ENTRY_OVERHEAD),
             total_entries: 5,
             timeout: Duration::from_secs(5),
+            ..ReassemblyLimits::default()
         }
     } else {
         ReassemblyLimits::default()
@@ -296,7 +313,8 @@ pub fn transport_reassembly(data: &[u8]) {
         })
         .collect();
     let mut seen = [false; SOURCES];
-    let mut r = Reassembler::new(limits);
+    let mut r = Reassembler::new(FrameKey::for_network(&net().ca.id()), limits);
+    let mut acks = Vec::new();
     let mut now = NOW;
     let mut last = r.stats();
     while let [s, adv, l0, l1, tail @ ..] = rest {
@@ -307,7 +325,8 @@ pub fn transport_reassembly(data: &[u8]) {
         seen[which] = true;
         now += Duration::from_millis(50 * u64::from(*adv));
         let from = sources[which];
-        if let Ok(Some(m)) = r.handle_datagram(from, datagram, now) {
+        acks.clear();
+        if let Ok(Incoming::Message(m)) = r.handle_datagram(from, datagram, now, &mut acks) {
             assert_eq!(m.src, from);
             assert!(!m.payload.is_empty());
             assert!(m.payload.len() <= MAX_FRAGMENTS * MAX_FRAGMENT_PAYLOAD);
@@ -322,11 +341,14 @@ pub fn transport_reassembly(data: &[u8]) {
         assert!(st.malformed >= last.malformed && st.completed >= last.completed);
         assert!(st.evicted >= last.evicted && st.timed_out >= last.timed_out);
         last = st;
+        // ACKs go only to the datagram's source and are small.
+        assert!(acks.iter().all(|a| a.dst == from && a.payload.len() <= 64));
+        r.handle_timeout(now, &mut acks);
         if r.poll_timeout().is_some_and(|t| t <= now) {
-            panic!("a partial message outlived its timeout");
+            panic!("a timer due at {now:?} survived handle_timeout");
         }
     }
-    r.handle_timeout(now + limits.timeout);
+    r.handle_timeout(now + limits.timeout, &mut acks);
     assert_eq!(r.entries(), 0);
     assert_eq!(r.memory_used(), 0);
 }

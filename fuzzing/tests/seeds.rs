@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use shadowmesh_control::handshake::{Responder, ResponderOutput};
-use shadowmesh_control::transport::{Reassembler, ReassemblyLimits};
+use shadowmesh_control::transport::{FrameKey, Incoming, Reassembler, ReassemblyLimits};
 use shadowmesh_dataplane::ipc::proto::{decode_down, decode_up};
 use shadowmesh_fuzzing::fixtures::{net, src, NOW, RESPONDER_INDEX};
 
@@ -39,14 +39,17 @@ fn committed_m1_is_answered_with_m2() {
 fn committed_fragments_reassemble() {
     let rec = seed("transport_reassembly", "seed-in-order-default");
     let mut rest = &rec[1..];
-    let mut r = Reassembler::new(ReassemblyLimits::default());
+    let mut r = Reassembler::new(
+        FrameKey::for_network(&net().ca.id()),
+        ReassemblyLimits::default(),
+    );
     let mut done = 0;
     while let [_, _, l0, l1, tail @ ..] = rest {
         let len = usize::from(u16::from_le_bytes([*l0, *l1]));
-        if r.handle_datagram(src(), &tail[..len], NOW)
-            .unwrap()
-            .is_some()
-        {
+        if matches!(
+            r.handle_datagram(src(), &tail[..len], NOW, &mut Vec::new()),
+            Ok(Incoming::Message(_))
+        ) {
             done += 1;
         }
         rest = &tail[len..];
