@@ -305,6 +305,14 @@ pub fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
+/// Whether a bulk client's and server's outputs (`shadowmesh bench bulk-*`) name the same
+/// SHA-256: the transfer arrived whole and intact.
+#[must_use]
+pub fn transfer_intact(client_out: &str, server_out: &str) -> bool {
+    field(server_out, "sha256").is_some()
+        && field(client_out, "sha256") == field(server_out, "sha256")
+}
+
 /// How to set up a mesh of nodes run by `shadowmesh up`.
 #[derive(Clone, Debug)]
 pub struct MeshOptions {
@@ -454,6 +462,28 @@ impl Topology {
             "node {i}: `shadowmesh up` did not open its admin socket within 15 s: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         )
+    }
+
+    /// Starts a checked bulk transfer: `shadowmesh bench bulk-server --listen addr` in node
+    /// `server` (with `server_args`), then `bulk-client --connect addr` in node `client` (with
+    /// `client_args`). Returns the (server, client) handles for [`Topology::wait`].
+    pub fn start_bulk(
+        &mut self,
+        server: usize,
+        client: usize,
+        addr: &str,
+        server_args: &[&str],
+        client_args: &[&str],
+    ) -> anyhow::Result<(usize, usize)> {
+        let cli = self.bin("shadowmesh");
+        let mut sa = vec![cli.as_str(), "bench", "bulk-server", "--listen", addr];
+        sa.extend_from_slice(server_args);
+        let s = self.spawn(server, &sa)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ca = vec![cli.as_str(), "bench", "bulk-client", "--connect", addr];
+        ca.extend_from_slice(client_args);
+        let c = self.spawn(client, &ca)?;
+        Ok((s, c))
     }
 
     /// Node i's `shadowmesh status --json`, parsed.

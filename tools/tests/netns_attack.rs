@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shadowmesh::netns::MeshOptions;
+use shadowmesh::netns::{transfer_intact, MeshOptions};
 
 /// Resident memory of a control plane under attack, at most (it idles at ~10–20 MiB; the
 /// reassembly caps are 4 MiB in total, pending sessions and rate-limit tables a few hundred KiB).
@@ -74,27 +74,13 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
     let dir = topo.dir.clone();
     let file = |n: &str| dir.join(n).to_str().unwrap().to_string();
     // ~34 s: 800 MiB at 200 Mbit/s, across rekeys every 10 s.
-    let server = topo
-        .spawn(
+    let (server, client) = topo
+        .start_bulk(
             1,
-            &[&cli, "bench", "bulk-server", "--listen", "100.64.0.2:7001"],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let client = topo
-        .spawn(
             0,
-            &[
-                &cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                "100.64.0.2:7001",
-                "--bytes",
-                "800M",
-                "--rate-mbit",
-                "200",
-            ],
+            "100.64.0.2:7001",
+            &[],
+            &["--bytes", "800M", "--rate-mbit", "200"],
         )
         .unwrap();
     let secs = "28";
@@ -166,7 +152,7 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
         st0["handshakes"], st1["handshakes"]
     );
     assert!(
-        field(&c, "sha256").is_some() && field(&c, "sha256") == field(&s, "sha256"),
+        transfer_intact(&c, &s),
         "transfer under attack corrupted or incomplete: {c:?} / {s:?}"
     );
     let after = completed(&st0);

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shadowmesh::netns::MeshOptions;
+use shadowmesh::netns::{transfer_intact, MeshOptions};
 
 #[test]
 fn ca_mesh_handshakes_rekeys_and_heals() {
@@ -64,29 +64,14 @@ fn ca_mesh_handshakes_rekeys_and_heals() {
     // A paced transfer of ~42 s (1000 MiB at 200 Mbit/s) across rekeys every 10 s (the
     // shortest interval the config allows); 33 s in, while it still runs, kill -9 node 0's
     // control plane: sessions keep forwarding in the dataplane.
-    let cli = topo.bin("shadowmesh");
     let before = completed(&topo.status_json(0, &nodes[0]).unwrap());
-    let server = topo
-        .spawn(
+    let (server, client) = topo
+        .start_bulk(
             1,
-            &[&cli, "bench", "bulk-server", "--listen", "100.64.0.2:7001"],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let client = topo
-        .spawn(
             0,
-            &[
-                &cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                "100.64.0.2:7001",
-                "--bytes",
-                "1000M",
-                "--rate-mbit",
-                "200",
-            ],
+            "100.64.0.2:7001",
+            &[],
+            &["--bytes", "1000M", "--rate-mbit", "200"],
         )
         .unwrap();
     // Meanwhile read node 0's dataplane counters the way `shadowmesh stats` does, as an
@@ -127,7 +112,7 @@ fn ca_mesh_handshakes_rekeys_and_heals() {
         String::from_utf8_lossy(&s.stdout).to_string(),
     );
     assert!(
-        field(&c, "sha256").is_some() && field(&c, "sha256") == field(&s, "sha256"),
+        transfer_intact(&c, &s),
         "transfer across rekeys and a control-plane kill corrupted or incomplete: {c:?} / {s:?}"
     );
 

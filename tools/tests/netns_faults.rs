@@ -15,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shadowmesh::netns::{MeshNode, MeshOptions};
+use shadowmesh::netns::{transfer_intact, MeshNode, MeshOptions};
 
 /// The test's one clock.
 #[expect(clippy::disallowed_methods, reason = "the test's single clock wrapper")]
@@ -142,7 +142,6 @@ fn kill_9_of_either_plane_20_times_during_a_transfer_is_healed_every_time() {
     let heal_limit = Duration::from_secs(env_u64("SHADOWMESH_FAULTS_HEAL_SECS", 40));
     let mut rng = Rng(seed);
     let mut topo = star("f", 2);
-    let cli = topo.bin("shadowmesh");
     for i in [0, 1] {
         topo.certify(i, "ca").unwrap();
     }
@@ -165,35 +164,14 @@ fn kill_9_of_either_plane_20_times_during_a_transfer_is_healed_every_time() {
     let rate = env_u64("SHADOWMESH_FAULTS_RATE_MBIT", 20);
     let secs = env_u64("SHADOWMESH_FAULTS_TRANSFER_SECS", 150);
     let bytes = (rate * secs * 1_000_000 / 8).to_string();
-    let server = topo
-        .spawn(
+    let rate_s = rate.to_string();
+    let (server, client) = topo
+        .start_bulk(
             1,
-            &[
-                &cli,
-                "bench",
-                "bulk-server",
-                "--listen",
-                "100.64.0.2:7001",
-                "--timeout",
-                "600",
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let client = topo
-        .spawn(
             0,
-            &[
-                &cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                "100.64.0.2:7001",
-                "--bytes",
-                &bytes,
-                "--rate-mbit",
-                &rate.to_string(),
-            ],
+            "100.64.0.2:7001",
+            &["--timeout", "600"],
+            &["--bytes", &bytes, "--rate-mbit", &rate_s],
         )
         .unwrap();
     let started = clock();
@@ -278,7 +256,7 @@ fn kill_9_of_either_plane_20_times_during_a_transfer_is_healed_every_time() {
         String::from_utf8_lossy(&s.stdout).to_string() + &String::from_utf8_lossy(&s.stderr),
     );
     assert!(
-        field(&s, "sha256").is_some() && field(&c, "sha256") == field(&s, "sha256"),
+        transfer_intact(&c, &s),
         "the transfer across {kills} kills is corrupted or incomplete: client {c:?} / server {s:?}"
     );
     assert_eq!(field(&s, "bytes"), Some(bytes.as_str()));

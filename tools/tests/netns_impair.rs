@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use shadowmesh::netns::MeshOptions;
+use shadowmesh::netns::{transfer_intact, MeshOptions};
 
 /// The test's one clock.
 #[expect(clippy::disallowed_methods, reason = "the test's single clock wrapper")]
@@ -128,36 +128,14 @@ fn handshake_and_transfer_survive_loss_reordering_duplication_and_jitter() {
     // A checked TCP transfer through the tunnel, over the impaired underlay.
     let bytes = std::env::var("SHADOWMESH_IMPAIR_BYTES").unwrap_or_else(|_| "4M".into());
     let want = shadowmesh::bench::parse_size(&bytes).unwrap();
-    let server = topo
-        .spawn(
-            1,
-            &[
-                &cli,
-                "bench",
-                "bulk-server",
-                "--listen",
-                "100.64.0.2:7001",
-                "--timeout",
-                "240",
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let t1 = clock();
-    let client = topo
-        .spawn(
+    let (server, client) = topo
+        .start_bulk(
+            1,
             0,
-            &[
-                &cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                "100.64.0.2:7001",
-                "--bytes",
-                &bytes,
-                "--connect-timeout",
-                "60",
-            ],
+            "100.64.0.2:7001",
+            &["--timeout", "240"],
+            &["--bytes", &bytes, "--connect-timeout", "60"],
         )
         .unwrap();
     let c = topo.wait(client, Duration::from_secs(300)).unwrap();
@@ -169,7 +147,7 @@ fn handshake_and_transfer_survive_loss_reordering_duplication_and_jitter() {
     );
     let stats = last_stats(&flog);
     assert!(
-        field(&s, "sha256").is_some() && field(&c, "sha256") == field(&s, "sha256"),
+        transfer_intact(&c, &s),
         "transfer through the impaired path corrupted or incomplete: client {c:?} / server {s:?}; forwarder: {stats}"
     );
     assert_eq!(field(&s, "bytes"), Some(want.to_string().as_str()), "{s}");

@@ -82,6 +82,23 @@ fn driver<'a>(id: &'a Identity, me: &NodeCert, n: &Net, peers: Vec<(NodeCert, u8
     .unwrap()
 }
 
+/// B, always under load (every initiation counts as load: cookies first).
+fn driver_under_load(n: &Net, peers: Vec<PeerSpec>) -> Driver<'_> {
+    let settings = Settings {
+        load_threshold: 0,
+        ..Settings::default()
+    };
+    Driver::new(
+        &n.b,
+        n.b_cert.clone(),
+        n.ca.public().clone(),
+        peers,
+        settings,
+        T0,
+    )
+    .unwrap()
+}
+
 /// Everything a node asked of its dataplane, split into datagrams to send and the rest.
 #[derive(Default)]
 struct Log {
@@ -489,19 +506,7 @@ fn crossing_initiations_with_the_winner_lost_settle_on_retry() {
 fn under_load_the_responder_asks_for_a_cookie_first() {
     let n = net();
     let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
-    let settings = Settings {
-        load_threshold: 0,
-        ..Settings::default()
-    };
-    let mut b = Driver::new(
-        &n.b,
-        n.b_cert.clone(),
-        n.ca.public().clone(),
-        vec![],
-        settings,
-        T0,
-    )
-    .unwrap();
+    let mut b = driver_under_load(&n, vec![]);
     let start = a.handle_timeout(T0);
     let mut seen = Vec::new();
     let (la, lb) = pump(&mut a, &mut b, start, vec![], T0, &mut |s, q| {
@@ -727,19 +732,7 @@ fn pending_sessions_are_bounded_per_peer_and_the_real_one_survives() {
 fn cookie_replies_are_taken_once_and_resends_go_to_the_endpoint() {
     let n = net();
     let mut a = driver(&n.a, &n.a_cert, &n, vec![(n.b_cert.clone(), 2)]);
-    let settings = Settings {
-        load_threshold: 0,
-        ..Settings::default()
-    };
-    let mut b = Driver::new(
-        &n.b,
-        n.b_cert.clone(),
-        n.ca.public().clone(),
-        vec![],
-        settings,
-        T0,
-    )
-    .unwrap();
+    let mut b = driver_under_load(&n, vec![]);
     let mut reply = Vec::new();
     for m in a.handle_timeout(T0) {
         if let DownMsg::SendControl { payload, .. } = m {
@@ -821,23 +814,14 @@ fn wall_clock_jumps_move_no_timer_and_handshakes_go_on() {
 fn under_load_a_proven_source_is_rate_limited() {
     use crate::transport::{Reassembler, ReassemblyLimits};
     let n = net();
-    let settings = Settings {
-        load_threshold: 0,
-        ..Settings::default()
-    };
-    let mut b = Driver::new(
-        &n.b,
-        n.b_cert.clone(),
-        n.ca.public().clone(),
+    let mut b = driver_under_load(
+        &n,
         vec![PeerSpec {
             name: None,
             cert: n.a_cert.clone(),
             endpoint: addr(1),
         }],
-        settings,
-        T0,
-    )
-    .unwrap();
+    );
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let opts = |k: u32, cookie| InitiatorOptions {
         cookie,
