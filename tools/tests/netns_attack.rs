@@ -169,15 +169,16 @@ fn attacker_with_public_data_cannot_break_a_transfer_across_rekeys() {
         max_rss > 0 && max_rss < MAX_CONTROL_RSS_KIB,
         "control plane RSS {max_rss} KiB (bound {MAX_CONTROL_RSS_KIB} KiB)"
     );
-    // The forgeries were refused (counted), and nothing was committed for them: neither node
-    // has a peer besides the other.
+    // The forgeries were refused (counted) or left pending (bounded), and nothing was committed
+    // for them: neither node has a peer besides the other.
     for st in [&st0, &st1] {
         let h = &st["handshakes"];
         let counted =
             h["refused"].as_u64().unwrap_or(0) + h["dropped_datagrams"].as_u64().unwrap_or(0);
         assert!(counted > 0, "the attack left no counted drop: {h}");
         assert_eq!(st["peers"].as_array().unwrap().len(), 1, "{st}");
-        assert_eq!(h["pending"].as_u64(), Some(0), "{h}");
+        // Forged sessions left pending since the last real rekey stay within the bound.
+        assert!(h["pending"].as_u64().unwrap_or(u64::MAX) <= 8, "{h}");
     }
     // The flood was cut at the dataplane's per-source buckets, and counted there by cause.
     for node in &nodes {

@@ -19,8 +19,9 @@
 //! dataplane as one of up to [`MAX_PENDING_PER_PEER`] pending (`Next`) sessions, with no
 //! route, endpoint, dynamic peer, timestamp, record rotation or cancelled initiation, until the
 //! dataplane reports key confirmation (`handle_session_confirmed`: the initiator's first data
-//! packet authenticated under the new keys). Unconfirmed sessions expire after
-//! [`PENDING_TIMEOUT`]. So an initiation forged from public certificates changes no state
+//! packet authenticated under the new keys). Unconfirmed sessions live as long as their keys
+//! could (`reject_after`), as in WireGuard: the initiator's keepalive may be lost and its next
+//! data packet confirm the session much later. So an initiation forged from public certificates changes no state
 //! that outlives it. It never reads a clock, opens a socket or logs key material.
 
 use std::collections::{HashMap, HashSet};
@@ -59,10 +60,6 @@ pub const MAX_PENDING_PER_PEER: usize = 8;
 pub const MAX_PENDING_TOTAL: usize = 1024;
 /// Nodes we have not configured that may hold pending sessions at once.
 pub const MAX_CANDIDATES: usize = 256;
-/// How long a responder session may wait for key confirmation. The initiator sends a
-/// keepalive as soon as it installs the session (one round trip); its own retransmissions
-/// start a new handshake after 1 s anyway.
-pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tunables of the driver.
 #[derive(Debug, Clone, Copy)]
@@ -434,7 +431,7 @@ impl<'a> Driver<'a> {
         let pending = self
             .pending_resp
             .values()
-            .map(|p| p.created + PENDING_TIMEOUT)
+            .map(|p| p.created + self.settings.reject_after)
             .min();
         [
             self.retransmit.poll_timeout(),
@@ -681,7 +678,7 @@ impl<'a> Driver<'a> {
         let expired: Vec<u32> = self
             .pending_resp
             .iter()
-            .filter(|(_, p)| mono.saturating_sub(p.created) >= PENDING_TIMEOUT)
+            .filter(|(_, p)| mono.saturating_sub(p.created) >= self.settings.reject_after)
             .map(|(i, _)| *i)
             .collect();
         for i in expired {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
 
-use super::sessions::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER, PENDING_TIMEOUT};
+use super::sessions::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER};
 use crate::cert::{Ca, NodeCert, NodeCertRequest};
 use crate::clock::Now;
 use crate::handshake::{Initiator, InitiatorOptions};
@@ -608,9 +608,30 @@ fn forged_initiations_between_real_rekeys_change_nothing() {
         assert_eq!(state_of(&b, 1), before);
     }
     assert_eq!(b.pending_responder_sessions(), 2);
-    // Nobody confirms them: they leave the dataplane after PENDING_TIMEOUT.
-    let t2 = t1 + PENDING_TIMEOUT;
-    let out = b.handle_timeout(t2);
+    // The real rekey (timestamp ≈ now, below the forged 250 s one) is accepted beside them and
+    // confirmed; the forged pending sessions go with the confirmation.
+    let t3 = T0 + Duration::from_secs(120);
+    let ask = a.handle_timeout(t3);
+    assert!(!ask.is_empty());
+    let (la, lb) = pump(&mut a, &mut b, ask, vec![], t3, &mut no_drop());
+    assert_eq!(la.installs.len(), 1);
+    assert_eq!(lb.installs.len(), 1);
+    assert_eq!(b.stats().completed_responder, 2);
+    assert_eq!(b.pending_responder_sessions(), 0);
+    let after = state_of(&b, 1);
+    assert_eq!(after.0, Some(lb.installs[0].local_index));
+    assert_eq!(
+        after.1, before.0,
+        "the real session before the forgeries is now previous"
+    );
+    assert!(b.responder().last_timestamp(&a_id) > committed);
+    // Forgeries nobody confirms leave the dataplane when their keys would have expired.
+    let t4 = t3 + Duration::from_secs(1);
+    let state = state_of(&b, 1);
+    for ts in [t4, t4 + Duration::from_millis(1)] {
+        let _ = forge(&mut b, &n.a, &n.a_cert, &n.b_cert, &n, ts, t4);
+    }
+    let out = b.handle_timeout(t4 + b.settings().reject_after);
     assert_eq!(
         out.iter()
             .filter(|m| matches!(m, DownMsg::RemoveSession { .. }))
@@ -619,22 +640,7 @@ fn forged_initiations_between_real_rekeys_change_nothing() {
     );
     assert_eq!(b.pending_responder_sessions(), 0);
     assert_eq!(b.stats().pending_expired, 2);
-    assert_eq!(state_of(&b, 1), before);
-    // The real rekey (timestamp ≈ now, below the forged 250 s one) is accepted and confirmed.
-    let t3 = T0 + Duration::from_secs(120);
-    let ask = a.handle_timeout(t3);
-    assert!(!ask.is_empty());
-    let (la, lb) = pump(&mut a, &mut b, ask, vec![], t3, &mut no_drop());
-    assert_eq!(la.installs.len(), 1);
-    assert_eq!(lb.installs.len(), 1);
-    assert_eq!(b.stats().completed_responder, 2);
-    let after = state_of(&b, 1);
-    assert_eq!(after.0, Some(lb.installs[0].local_index));
-    assert_eq!(
-        after.1, before.0,
-        "the real session before the forgeries is now previous"
-    );
-    assert!(b.responder().last_timestamp(&a_id) > committed);
+    assert_eq!(state_of(&b, 1).0, state.0);
 }
 
 /// A forged initiation does not cancel the responder's own initiation in flight (even when
@@ -681,7 +687,7 @@ fn unconfirmed_new_node_leaves_no_peer_route_or_endpoint() {
         .iter()
         .all(|m| matches!(m, DownMsg::InstallSession(_) | DownMsg::SendControl { .. })));
     assert!(b.peers().is_empty());
-    let out = b.handle_timeout(T0 + PENDING_TIMEOUT);
+    let out = b.handle_timeout(T0 + b.settings().reject_after);
     assert!(out.contains(&DownMsg::RemovePeer { peer: reserved }));
     assert!(b.peers().is_empty());
 }
