@@ -182,7 +182,14 @@ fn write_pid_file(path: &Path) -> anyhow::Result<PidFile> {
         }
     }
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        // Usually also the sockets' directory (/run/shadowmesh): created 0700, as the
+        // dataplane and control plane would create it (they refuse one others can write).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("creating {}", d.display()))?;
     }
     std::fs::write(path, format!("{}\n", std::process::id()))
         .with_context(|| format!("writing the pid file {}", path.display()))?;
