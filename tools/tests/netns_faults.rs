@@ -213,6 +213,13 @@ fn kill_9_of_either_plane_20_times_during_a_transfer_is_healed_every_time() {
         } else {
             ("control", "shadowmesh-cont")
         };
+        // Every kill must land during the transfer: if the heals took longer than the paced
+        // stream lasts, say so rather than "not flowing".
+        assert!(
+            topo.is_running(client),
+            "the transfer ended before kill {k} ({:.0} s of kills and heals outlasted its {secs} s)",
+            (clock() - started).as_secs_f64()
+        );
         let old = topo.pids_named(node, comm);
         assert_eq!(
             old.len(),
