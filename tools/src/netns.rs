@@ -152,6 +152,14 @@ impl Topology {
         Ok(self.children.len() - 1)
     }
 
+    /// Whether a spawned command is still running (false once it exited or was waited for).
+    pub fn is_running(&mut self, handle: usize) -> bool {
+        self.children
+            .get_mut(handle)
+            .and_then(Option::as_mut)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Waits for a spawned command at most `timeout` (then kills it) and returns its output.
     pub fn wait(&mut self, handle: usize, timeout: Duration) -> anyhow::Result<Output> {
         let mut child = self

@@ -191,6 +191,13 @@ fn kill_9_of_either_plane_20_times_during_a_transfer_is_healed_every_time() {
         } else {
             ("control", "shadowmesh-cont")
         };
+        // Every kill must land during the transfer: if the heals took longer than the paced
+        // stream lasts, say so rather than "not flowing".
+        assert!(
+            topo.is_running(client),
+            "the transfer ended before kill {k} ({:.0} s of kills and heals outlasted its {secs} s)",
+            (clock() - started).as_secs_f64()
+        );
         let old = topo.pids_named(node, comm);
         assert_eq!(
             old.len(),
@@ -310,6 +317,7 @@ fn a_restarted_dataplane_never_reuses_a_send_counter() {
     assert!(topo.ping_until(1, "100.64.0.1", 30), "no first contact");
     // Node 1 uses its send counter well past the start.
     assert!(ping(&topo, 1, "100.64.0.1", 20));
+    assert!(ping(&topo, 0, "100.64.0.2", 5));
     assert_eq!(replay_drops(&nodes[0]), 0, "replays before any fault");
 
     let old = topo.pids_named(1, "shadowmesh-data");
@@ -330,9 +338,13 @@ fn a_restarted_dataplane_never_reuses_a_send_counter() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(back, "the dataplane was not restarted within 10 s");
-    // Within 15 s (well below the 120 s rekey) node 1 reaches node 0 again, and node 0 saw
-    // no packet from it that repeats a counter.
-    let answered = topo.ping_until(1, "100.64.0.1", 15);
+    // Within 15 s (well below the 120 s rekey) node 0 reaches node 1 again, and node 0 saw
+    // no packet from it that repeats a counter. Node 0 speaks first: node 1's refilled
+    // session then answers whichever role it had (a responder's session is refilled as
+    // `next` and promoted by node 0's packet; an initiator's is `current` at once). Were
+    // node 1 to speak first it would find no session it may send on and handshake anew,
+    // which hides the reuse.
+    let answered = topo.ping_until(0, "100.64.0.2", 15);
     let replays = replay_drops(&nodes[0]);
     eprintln!(
         "after the dataplane restart: ping {} {:.1} s after the kill; node 0 dropped {replays} replayed packets",

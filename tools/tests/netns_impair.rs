@@ -5,7 +5,8 @@
 //! handshake completes and a checked TCP transfer arrives intact, and the forwarder's counters
 //! show that the traffic really crossed it at those rates.
 //!
-//! The seed is `SHADOWMESH_IMPAIR_SEED` (default 1), so a failing run can be repeated.
+//! The seed is `SHADOWMESH_IMPAIR_SEED` (default 1), so a failing run can be repeated. A
+//! second test (no root needed) checks the forwarder's socket loop on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -188,4 +189,81 @@ fn handshake_and_transfer_survive_loss_reordering_duplication_and_jitter() {
         num(&stats, "ab_bytes") >= want,
         "the transfer did not cross the forwarder: {stats}"
     );
+}
+
+/// Not root: the forwarder's socket loop on loopback. Every datagram from node A reaches node
+/// B through the faces no earlier than the delay, duplicated when told to, with the face as
+/// its source; B's answer comes back the other way; a stranger's datagram is not forwarded.
+#[test]
+fn the_forwarder_loop_delays_duplicates_and_forwards_both_ways() {
+    use std::net::UdpSocket;
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    // Free ports for the faces (bound and released: a small race with other binders).
+    let free = || {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (face_a, face_b) = (free(), free());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowmesh"))
+        .args(["bench", "impair", "--node-a"])
+        .arg(a.local_addr().unwrap().to_string())
+        .args(["--face-a", &face_a.to_string(), "--node-b"])
+        .arg(b.local_addr().unwrap().to_string())
+        .args(["--face-b", &face_b.to_string()])
+        .args(["--dup", "100", "--delay-ms", "50", "--duration", "8"])
+        .args(["--stats-every", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the forwarder answers: a probe from A arrives at B.
+    let mut buf = [0u8; 64];
+    let mut up = false;
+    for _ in 0..20 {
+        a.send_to(b"probe", face_a).unwrap();
+        if let Ok((n, from)) = b.recv_from(&mut buf) {
+            assert_eq!((&buf[..n], from), (&b"probe"[..], face_b));
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "the forwarder did not come up");
+    std::thread::sleep(Duration::from_millis(200));
+    while b.recv_from(&mut buf).is_ok() {} // the probes' copies
+    stranger.send_to(b"not yours", face_a).unwrap();
+    let n = 20u8;
+    let mut got = Vec::new();
+    for i in 0..n {
+        let t = clock();
+        a.send_to(&[i], face_a).unwrap();
+        for _ in 0..2 {
+            let (len, from) = b.recv_from(&mut buf).unwrap();
+            assert!(clock() - t >= Duration::from_millis(50), "released early");
+            assert_eq!((len, from), (1, face_b));
+            got.push(buf[0]);
+        }
+    }
+    assert_eq!(got, (0..n).flat_map(|i| [i, i]).collect::<Vec<_>>());
+    b.send_to(b"back", face_b).unwrap();
+    let (len, from) = a.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..len], from), (&b"back"[..], face_a));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(field(last, "strangers"), Some("1"), "{last}");
+    assert_eq!(field(last, "ba_out"), Some("2"), "{last}");
+    assert_eq!(num(last, "ab_out"), 2 * num(last, "ab_in"), "{last}");
 }
