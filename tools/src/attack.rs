@@ -21,20 +21,26 @@ use shadowmesh_control::handshake::{Initiator, InitiatorOptions};
 use shadowmesh_control::identity::Identity;
 use shadowmesh_control::transport::{fragment, FrameKey, KIND_HANDSHAKE, MAX_FRAGMENTS};
 
-/// What to attack and how hard.
-#[derive(Debug, Clone)]
+/// What to attack and how hard (the `shadowmesh bench attack` arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct AttackPlan {
     /// The victim's data port.
+    #[arg(long)]
     pub to: SocketAddr,
     /// The victim's certificate (public).
+    #[arg(long)]
     pub victim_cert: PathBuf,
-    /// The certificate of the node to impersonate (public).
+    /// The certificate of the peer to impersonate (public).
+    #[arg(long = "as")]
     pub as_cert: PathBuf,
     /// The network CA's public key.
+    #[arg(long)]
     pub ca: PathBuf,
-    /// How long to attack.
+    /// Seconds to attack.
+    #[arg(long, default_value_t = 10)]
     pub secs: u64,
-    /// Flood datagrams per second at most (0: no flood).
+    /// Flood datagrams per second at most (0: forged messages only).
+    #[arg(long, default_value_t = 20_000)]
     pub flood_pps: u64,
 }
 

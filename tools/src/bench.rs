@@ -92,26 +92,7 @@ pub enum BenchCmd {
     },
     /// Attacks a node's data port with only public data: initiations forged in a peer's
     /// name, cookie-reply-shaped datagrams, and a flood of control fragments; prints counts.
-    Attack {
-        /// The victim's data port.
-        #[arg(long)]
-        to: SocketAddr,
-        /// The victim's certificate.
-        #[arg(long)]
-        victim_cert: std::path::PathBuf,
-        /// The certificate of the peer to impersonate.
-        #[arg(long = "as")]
-        as_cert: std::path::PathBuf,
-        /// The network CA's public key.
-        #[arg(long)]
-        ca: std::path::PathBuf,
-        /// Seconds to attack.
-        #[arg(long, default_value_t = 10)]
-        secs: u64,
-        /// Flood datagrams per second at most (0: forged messages only).
-        #[arg(long, default_value_t = 20_000)]
-        flood_pps: u64,
-    },
+    Attack(crate::attack::AttackPlan),
     /// A UDP forwarder between two nodes that loses, reorders, duplicates and delays
     /// datagrams (seeded, reproducible): the hostile network of the tests, without netem.
     Impair(crate::impair::ImpairArgs),
@@ -176,22 +157,7 @@ pub fn run(cmd: BenchCmd, clock: fn() -> Duration) -> anyhow::Result<()> {
             cipher,
             count,
         } => junk(to, receiver_index, &key, &cipher, count),
-        BenchCmd::Attack {
-            to,
-            victim_cert,
-            as_cert,
-            ca,
-            secs,
-            flood_pps,
-        } => {
-            let plan = crate::attack::AttackPlan {
-                to,
-                victim_cert,
-                as_cert,
-                ca,
-                secs,
-                flood_pps,
-            };
+        BenchCmd::Attack(plan) => {
             let r = crate::attack::run(&plan, clock)?;
             println!(
                 "forged={} cookie_replies={} flood={}",

@@ -615,8 +615,7 @@ impl<'a> Driver<'a> {
             self.drop_pending(peer);
         }
         self.stats.completed_responder += 1;
-        let cipher = pend.est_cipher();
-        self.record_session(peer, pend.install, pend.src, false, cipher, now.mono);
+        self.record_session(peer, pend.install, pend.src, false, now.mono);
         out
     }
 
@@ -1056,7 +1055,7 @@ impl<'a> Driver<'a> {
                 let install = self.install_message(&est, peer);
                 out.push(DownMsg::InstallSession(install.clone()));
                 self.stats.completed_initiator += 1;
-                self.record_session(peer, install, src, true, est.cipher, now.mono);
+                self.record_session(peer, install, src, true, now.mono);
             }
             Err(e) => {
                 self.stats.refused += 1;
@@ -1101,7 +1100,6 @@ impl<'a> Driver<'a> {
         install: InstallSession,
         src: SocketAddr,
         initiator: bool,
-        cipher: CipherChoice,
         mono: Duration,
     ) {
         let Some(p) = self.peers.get_mut(peer) else {
@@ -1112,7 +1110,7 @@ impl<'a> Driver<'a> {
             peer = %p.name,
             %src,
             role = if initiator { "initiator" } else { "responder" },
-            ?cipher,
+            cipher = install.cipher,
             "handshake complete"
         );
         let older = p.previous.take();
@@ -1127,16 +1125,6 @@ impl<'a> Driver<'a> {
         p.failures = 0;
         if let Some(o) = older {
             self.used_indices.remove(&o.install.local_index);
-        }
-    }
-}
-
-impl PendingResponder {
-    fn est_cipher(&self) -> CipherChoice {
-        if self.install.cipher == shadowmesh_dataplane::ipc::proto::CIPHER_CHACHA20_POLY1305 {
-            CipherChoice::ChaCha20Poly1305
-        } else {
-            CipherChoice::Aes256Gcm
         }
     }
 }
