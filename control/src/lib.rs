@@ -15,5 +15,6 @@ pub mod daemon;
 pub mod handshake;
 pub mod identity;
 pub mod kdf;
+pub mod rand;
 pub mod ratelimit;
 pub mod transport;
