@@ -13,9 +13,9 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::SecureRandom;
 use zeroize::Zeroizing;
 
+use crate::handshake::kdf::{ct_eq, mac16, sha256};
 use crate::handshake::messages::{CookieReply, COOKIE_REPLY_LEN, KIND_COOKIE_REPLY, MAC_LEN};
 use crate::identity::IdentityPublic;
-use crate::kdf::{ct_eq, mac16, sha256};
 
 /// How often the cookie secret changes; a cookie is accepted for this epoch and the one before.
 pub const COOKIE_ROTATION: Duration = Duration::from_secs(120);

@@ -22,10 +22,10 @@ use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
 use aws_lc_rs::kem::{DecapsulationKey, EncapsulationKey, ML_KEM_1024};
 use shadowmesh_control::cert::NodeCert;
 use shadowmesh_control::cookie::StaticKeys;
+use shadowmesh_control::handshake::kdf::{SymmetricState, KEY_LEN};
 use shadowmesh_control::handshake::messages::{KIND_INITIATION, M1_TS_PLAIN, MAC_LEN};
 use shadowmesh_control::handshake::{tai64n, CipherChoice, PROLOGUE};
 use shadowmesh_control::identity::{Identity, IdentityPublic};
-use shadowmesh_control::kdf::{SymmetricState, KEY_LEN};
 use zeroize::Zeroizing;
 
 use crate::fixtures::{net, INITIATOR_INDEX, NOW};

@@ -18,8 +18,8 @@ use super::messages::{
 use super::{decaps, dh, encaps, tai64n, CipherChoice, Established, HandshakeError, PROLOGUE};
 use crate::cert::{CaPublic, NodeCert};
 use crate::cookie::{open_cookie_reply, StaticKeys};
+use crate::handshake::kdf::{ct_eq, mac16, SymmetricState};
 use crate::identity::Identity;
-use crate::kdf::{ct_eq, mac16, SymmetricState};
 
 /// Cert mode byte: full certificate follows.
 pub(crate) const CERT_FULL: u8 = 0;

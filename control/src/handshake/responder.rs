@@ -21,8 +21,8 @@ use super::{
 };
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::cookie::{CookieChecker, StaticKeys};
+use crate::handshake::kdf::{ct_eq, SymmetricState, TAG_LEN};
 use crate::identity::{Identity, Reader};
-use crate::kdf::{ct_eq, SymmetricState, TAG_LEN};
 
 /// Most certificates kept for "hash instead of certificate" initiations.
 pub const MAX_CACHED_CERTS: usize = 1024;

@@ -4,9 +4,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
+use shadowmesh_ipc::{DownMsg, InstallSession, Slot, UpMsg};
 
-use super::sessions::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER};
+use super::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER};
 use crate::cert::{Ca, NodeCert, NodeCertRequest};
 use crate::clock::Now;
 use crate::handshake::{Initiator, InitiatorOptions};

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_dataplane::ipc::InstallSession;
+use shadowmesh_ipc::InstallSession;
 
 use crate::cert::{NodeCert, Prefix};
 use crate::identity::hex;

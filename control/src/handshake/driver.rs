@@ -29,19 +29,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
+use shadowmesh_ipc::{DownMsg, InstallSession, Slot, UpMsg};
 use tracing::{debug, info, warn};
 
-use super::peers::{prefixes_overlap, PeerTable, SessionRecord};
-use super::DaemonError;
 use crate::cert::{CaPublic, NodeCert};
 pub use crate::clock::Now;
+use crate::daemon::DaemonError;
 use crate::handshake::messages::{KIND_COOKIE_REPLY, KIND_INITIATION, KIND_RESPONSE};
 use crate::handshake::{
     Admission, CipherChoice, Commit, Established, Initiator, InitiatorEvent, InitiatorOptions,
     InitiatorState, Responder, ResponderOutput,
 };
 use crate::identity::Identity;
+use crate::peers::{prefixes_overlap, PeerTable, SessionRecord};
 use crate::ratelimit::RateLimiter;
 use crate::transport::{
     Budget, FrameKey, RetransmitConfig, RetransmitEvent, Retransmitter, Transport, TransportConfig,
@@ -624,7 +624,7 @@ impl<'a> Driver<'a> {
     /// confirmed peer's, which it must not take over.
     fn admit_new_peer(&mut self, pend: &PendingResponder, out: &mut Vec<DownMsg>) -> bool {
         let name = pend.cert.body.name.clone();
-        let mut probe = super::peers::Peer::new(pend.peer, name, pend.cert.clone(), None);
+        let mut probe = crate::peers::Peer::new(pend.peer, name, pend.cert.clone(), None);
         probe.dynamic = true;
         let routes = probe.routes();
         let clash = self.peers.iter().find(|p| {
@@ -1068,10 +1068,8 @@ impl<'a> Driver<'a> {
     /// initiator, `Next` (pending key confirmation) for the responder.
     fn install_message(&self, est: &Established, peer: u32) -> InstallSession {
         let cipher = match est.cipher {
-            CipherChoice::Aes256Gcm => shadowmesh_dataplane::ipc::proto::CIPHER_AES_256_GCM,
-            CipherChoice::ChaCha20Poly1305 => {
-                shadowmesh_dataplane::ipc::proto::CIPHER_CHACHA20_POLY1305
-            }
+            CipherChoice::Aes256Gcm => shadowmesh_ipc::proto::CIPHER_AES_256_GCM,
+            CipherChoice::ChaCha20Poly1305 => shadowmesh_ipc::proto::CIPHER_CHACHA20_POLY1305,
         };
         InstallSession {
             peer,
@@ -1128,3 +1126,6 @@ impl<'a> Driver<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
