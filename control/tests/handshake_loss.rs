@@ -74,6 +74,7 @@ fn first_contact(seed: u64, loss: u64, limit: Duration) -> Option<Duration> {
             }],
             Settings::default(),
             T0,
+            Box::new(shadowmesh_control::rand::SystemRng::new()),
         )
         .expect("driver")
     };

@@ -192,7 +192,13 @@ mod tests {
     fn sealed_real_payload_is_accepted() {
         let n = net();
         for by_hash in [false, true] {
-            let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).expect("responder");
+            let mut r = Responder::new(
+                &n.b,
+                &n.b_cert,
+                &n.ca,
+                Box::new(shadowmesh_control::rand::SystemRng::new()),
+            )
+            .expect("responder");
             r.cache_cert(n.a_cert.clone(), NOW).expect("cache A");
             let m1 = sealer().seal(&default_plaintext(by_hash)).expect("seal");
             let out = r
@@ -205,7 +211,13 @@ mod tests {
     #[test]
     fn sealed_tampered_payload_is_refused() {
         let n = net();
-        let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).expect("responder");
+        let mut r = Responder::new(
+            &n.b,
+            &n.b_cert,
+            &n.ca,
+            Box::new(shadowmesh_control::rand::SystemRng::new()),
+        )
+        .expect("responder");
         let mut plain = default_plaintext(false);
         plain.push(0); // one byte after the certificate
         let m1 = sealer().seal(&plain).expect("seal");

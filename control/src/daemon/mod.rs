@@ -297,15 +297,23 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
         peers,
     } = loaded;
     let now = clock();
-    let mut driver =
-        Driver::new(&identity, cert, ca, peers, settings(&config), now).map_err(|e| match e {
-            DaemonError::OwnCert(m) => DaemonError::OwnCert(format!(
-                "{}: {m} (CA {})",
-                config.node.cert.display(),
-                config.node.ca.display()
-            )),
-            other => other,
-        })?;
+    let mut driver = Driver::new(
+        &identity,
+        cert,
+        ca,
+        peers,
+        settings(&config),
+        now,
+        Box::new(crate::rand::SystemRng::new()),
+    )
+    .map_err(|e| match e {
+        DaemonError::OwnCert(m) => DaemonError::OwnCert(format!(
+            "{}: {m} (CA {})",
+            config.node.cert.display(),
+            config.node.ca.display()
+        )),
+        other => other,
+    })?;
     info!(
         node = %config.node.name,
         id = %hex(&identity.node_id()[..8]),

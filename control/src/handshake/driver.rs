@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use rand_core::{RngCore, SeedableRng};
 use shadowmesh_ipc::{DownMsg, InstallSession, Slot, UpMsg};
 use tracing::{debug, info, warn};
 
@@ -170,7 +170,8 @@ pub struct Driver<'a> {
     /// after the wall clock jumped back.
     last_timestamp: Duration,
     settings: Settings,
-    rng: SystemRandom,
+    /// The caller's generator: session indices, message ids, ephemeral keys.
+    rng: Box<dyn RngCore + Send>,
     next_msg_id: u32,
     load: LoadMeter,
     stats: DriverStats,
@@ -210,7 +211,9 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 impl<'a> Driver<'a> {
-    /// A driver for `identity` with certificate `my_cert`, trusting `ca`, with static `peers`.
+    /// A driver for `identity` with certificate `my_cert`, trusting `ca`, with static `peers`;
+    /// `rng` is the caller's generator (`crate::rand::SystemRng` in the daemon, a seeded one
+    /// in the simulator and tests), so the same seed makes the same decisions.
     /// Our certificate must verify at `now`; a peer whose certificate does not verify (other
     /// CA, expired) is refused and logged by address, never added.
     ///
@@ -223,17 +226,17 @@ impl<'a> Driver<'a> {
         peers: Vec<PeerSpec>,
         settings: Settings,
         now: impl Into<Now>,
+        mut rng: Box<dyn RngCore + Send>,
     ) -> Result<Self, DaemonError> {
         let now = now.into();
         my_cert
             .verify(&ca, now.wall.as_secs())
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
-        let responder = Responder::new(identity, &my_cert, &ca)
+        // The responder's own stream (cookie secrets) is a ChaCha20 child of the caller's.
+        let child = rand_chacha::ChaCha20Rng::from_rng(&mut rng);
+        let responder = Responder::new(identity, &my_cert, &ca, Box::new(child))
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
-        let rng = SystemRandom::new();
-        let mut seed = [0u8; 4];
-        rng.fill(&mut seed)
-            .map_err(|_| DaemonError::Crypto("random message id"))?;
+        let seed = rng.next_u32().to_le_bytes();
         let frame_key = FrameKey::for_network(&ca.id());
         let mut d = Self {
             identity,
@@ -703,9 +706,7 @@ impl<'a> Driver<'a> {
     fn fresh_index(&mut self) -> Option<u32> {
         // Bounded: with at most a few thousand indices in use, a collision is ~1e-6 per try.
         for _ in 0..16 {
-            let mut b = [0u8; 4];
-            self.rng.fill(&mut b).ok()?;
-            let i = u32::from_le_bytes(b);
+            let i = self.rng.next_u32();
             if i != 0 && self.used_indices.insert(i) {
                 return Some(i);
             }
@@ -785,7 +786,7 @@ impl<'a> Driver<'a> {
             &self.ca,
             index,
             now.wall,
-            &self.rng,
+            &mut *self.rng,
             opts,
         ) {
             Ok((state, m1)) => {
