@@ -33,7 +33,8 @@ use zeroize::Zeroizing;
 ///
 /// - 1: the first.
 /// - 2: `SessionConfirmed` event (tag 8); drop cause `ControlRateLimited` (index 12, 13 causes).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: drop causes `HoldExpired` and `HoldOverflow` (indices 13, 14; 15 causes).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest message, in bytes, either way.
 pub const MAX_MSG: usize = 64 * 1024;
 /// Most prefixes in one `SetRoutes`.
@@ -329,10 +330,14 @@ pub enum DropCause {
     TooLarge = 11,
     /// A control datagram over its source's or the worker's rate limit.
     ControlRateLimited = 12,
+    /// A packet held for a route or session (see the dataplane's hold queue) waited too long.
+    HoldExpired = 13,
+    /// A held packet pushed out, oldest first, by newer ones (the hold queue is bounded).
+    HoldOverflow = 14,
 }
 
 /// How many [`DropCause`]s there are (the length of `drops` arrays).
-pub const DROP_CAUSES: usize = 13;
+pub const DROP_CAUSES: usize = 15;
 
 impl DropCause {
     /// All causes, in index order.
@@ -350,6 +355,8 @@ impl DropCause {
         DropCause::QueueFull,
         DropCause::TooLarge,
         DropCause::ControlRateLimited,
+        DropCause::HoldExpired,
+        DropCause::HoldOverflow,
     ];
 
     /// Index into a `drops` array.
@@ -373,6 +380,8 @@ impl DropCause {
             DropCause::QueueFull => "queue_full",
             DropCause::TooLarge => "too_large",
             DropCause::ControlRateLimited => "control_rate_limited",
+            DropCause::HoldExpired => "hold_expired",
+            DropCause::HoldOverflow => "hold_overflow",
         }
     }
 }

@@ -221,7 +221,7 @@ proptest! {
 fn hello_layout_is_frozen() {
     let mut buf = Vec::new();
     encode_down(&DownFrame::Hello(Hello::ours(Role::Control)), &mut buf).unwrap();
-    assert_eq!(buf, [0x01, 0x02, 0x00, 0x01]);
+    assert_eq!(buf, [0x01, 0x03, 0x00, 0x01]);
 }
 
 #[test]
@@ -246,10 +246,14 @@ fn session_confirmed_vector() {
 }
 
 #[test]
-fn control_rate_limited_is_the_last_drop_cause() {
+fn drop_cause_indices_are_stable() {
     assert_eq!(DropCause::ALL.len(), DROP_CAUSES);
     assert_eq!(DropCause::ControlRateLimited.index(), 12);
     assert_eq!(DropCause::ControlRateLimited.name(), "control_rate_limited");
+    assert_eq!(DropCause::HoldExpired.index(), 13);
+    assert_eq!(DropCause::HoldExpired.name(), "hold_expired");
+    assert_eq!(DropCause::HoldOverflow.index(), 14);
+    assert_eq!(DropCause::HoldOverflow.name(), "hold_overflow");
     for (i, c) in DropCause::ALL.iter().enumerate() {
         assert_eq!(c.index(), i);
     }
@@ -271,10 +275,10 @@ fn version_mismatch_names_both_versions() {
         "{text}"
     );
     // A future Hello may be longer; the version is still found and reported.
-    let err = decode_down(&[0x01, 0x03, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
+    let err = decode_down(&[0x01, 0x04, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
     assert!(matches!(
         err,
-        DecodeError::VersionMismatch { theirs: 3, .. }
+        DecodeError::VersionMismatch { theirs: 4, .. }
     ));
 }
 
