@@ -221,7 +221,7 @@ fn holding_and_flushing_allocate_nothing_per_packet() {
     // The same number of cycles (hence of commands, whose channel allocates in blocks) with
     // 1 and with 30 packets of each kind: the allocations must not depend on the packets.
     const CYCLES: usize = 31;
-    let mut measure = |p: &mut Pair, k: usize| {
+    let measure = |p: &mut Pair, k: usize| {
         arm(true);
         let before = allocs();
         let mut delivered = 0;
