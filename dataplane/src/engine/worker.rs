@@ -211,6 +211,10 @@ impl<I: PacketIo> Worker<I> {
     fn service_hold(&mut self, now: Duration, flush: bool) {
         let expired = self.hold.expire(now);
         self.totals.drops[DropCause::HoldExpired as usize] += expired as u64;
+        if self.hold.is_empty() {
+            // Nothing left to keep newer packets behind.
+            self.hold_blocked = false;
+        }
         if flush || self.hold_due {
             self.flush_hold(now);
         }
