@@ -388,6 +388,8 @@ fn worker_stats(t: &WorkerTotals) -> WorkerStats {
         tx_bytes: t.tun_rx_bytes,
         drops,
         uring_enters: t.enters,
+        held: t.held,
+        hold_flushed: t.hold_flushed,
     }
 }
 

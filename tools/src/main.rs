@@ -218,18 +218,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for (i, w) in stats.workers.iter().enumerate() {
                 if raw {
                     println!(
-                        "worker={i} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} enters={} drops={}",
+                        "worker={i} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} enters={} drops={} held={} hold_flushed={}",
                         w.rx_packets,
                         w.rx_bytes,
                         w.tx_packets,
                         w.tx_bytes,
                         w.uring_enters,
-                        w.drops.iter().sum::<u64>()
+                        w.drops.iter().sum::<u64>(),
+                        w.held,
+                        w.hold_flushed
                     );
                 } else {
                     println!(
-                        "worker {i}: rx {} pkts / {} B, tx {} pkts / {} B, kernel entries {}",
-                        w.rx_packets, w.rx_bytes, w.tx_packets, w.tx_bytes, w.uring_enters
+                        "worker {i}: rx {} pkts / {} B, tx {} pkts / {} B, kernel entries {}, held {} (sent {})",
+                        w.rx_packets,
+                        w.rx_bytes,
+                        w.tx_packets,
+                        w.tx_bytes,
+                        w.uring_enters,
+                        w.held,
+                        w.hold_flushed
                     );
                 }
                 print_drops(&w.drops, &format!("worker={i}"), raw);

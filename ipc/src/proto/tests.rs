@@ -70,16 +70,21 @@ fn down_msg() -> impl Strategy<Value = DownMsg> {
 }
 
 fn worker_stats() -> impl Strategy<Value = WorkerStats> {
-    (any::<[u64; 4]>(), any::<[u64; DROP_CAUSES]>(), any::<u64>()).prop_map(|(c, drops, u)| {
-        WorkerStats {
+    (
+        any::<[u64; 4]>(),
+        any::<[u64; DROP_CAUSES]>(),
+        any::<[u64; 3]>(),
+    )
+        .prop_map(|(c, drops, u)| WorkerStats {
             rx_packets: c[0],
             rx_bytes: c[1],
             tx_packets: c[2],
             tx_bytes: c[3],
             drops,
-            uring_enters: u,
-        }
-    })
+            uring_enters: u[0],
+            held: u[1],
+            hold_flushed: u[2],
+        })
 }
 
 fn peer_stats() -> impl Strategy<Value = PeerStats> {
