@@ -9,6 +9,9 @@
 //! (already cut by per-source token buckets, [`crate::ratelimit`]) can never fill the queue
 //! the events need.
 //!
+//! First packets to a destination a worker cannot send to yet wait in that worker's bounded
+//! hold queue ([`hold`]) while the control plane looks the destination up and handshakes.
+//!
 //! Must never: let one flow's packets be handled by two workers at once (a TUN queue pairs with
 //! one socket and one worker), block a worker without a time bound, or allocate per packet.
 

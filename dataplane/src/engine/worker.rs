@@ -8,6 +8,11 @@
 //! inner source against the peer's prefixes, then coalesce consecutive TCP segments back into
 //! super-packets written to the TUN with a virtio-net header.
 //!
+//! A TUN packet that cannot be sent yet (no route in the overlay, no session, no endpoint) is
+//! copied into the worker's hold queue ([`super::hold`]) and the control plane is asked; held
+//! packets go, oldest first, as soon as a command or a confirmation makes them sendable, and a
+//! newer packet to the same place never overtakes them.
+//!
 //! Control datagrams pass the worker's token buckets ([`crate::ratelimit`]) before they are
 //! copied and queued on their own channel. Events go on another; the first authenticated packet
 //! on a pending session promotes it and is reported once; an event that found its queue full
