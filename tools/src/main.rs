@@ -100,13 +100,16 @@ enum Cmd {
     Status(status::AdminArgs),
     /// Every peer in detail: endpoint, allowed IPs, handshake, session, transfer.
     Peers(status::AdminArgs),
-    /// Enables a peer and handshakes with it now.
+    /// Enables a peer and handshakes with it now; a name or overlay address no peer has is
+    /// looked up in the DHT first.
     Connect {
-        /// Peer name.
+        /// Peer name, overlay address, or node id prefix (≥ 8 hex digits).
         peer: String,
         #[command(flatten)]
         admin: status::AdminArgs,
     },
+    /// The DHT: our record, routing table, stored records and recent lookups.
+    Dht(status::AdminArgs),
     /// Drops a peer's sessions and routes and stops handshaking with it.
     Disconnect {
         /// Peer name.
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Down { config } => up::down(&config),
         Cmd::Status(a) => status::status(&a),
         Cmd::Peers(a) => status::peers(&a),
+        Cmd::Dht(a) => status::dht(&a),
         Cmd::Connect { peer, admin } => status::connect(&admin, &peer, true),
         Cmd::Disconnect { peer, admin } => status::connect(&admin, &peer, false),
         Cmd::Demo {
