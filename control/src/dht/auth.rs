@@ -257,3 +257,146 @@ impl<'a> Auth<'a> {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::tests::request;
+    use crate::cert::Ca;
+    use crate::dht::messages::{encode, parse, Body, Message, FLAG_SERVER};
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Net {
+        ca: Ca,
+        a: Identity,
+        a_cert: NodeCert,
+        b: Identity,
+        b_cert: NodeCert,
+        m: Identity,
+        m_cert: NodeCert,
+    }
+
+    fn net() -> Net {
+        let ca = Ca::generate("net").unwrap();
+        let other = Ca::generate("other").unwrap();
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let m = Identity::generate().unwrap();
+        let a_cert = ca.sign(request(&a, "a", NOW - 10, NOW + 3600)).unwrap();
+        let b_cert = ca.sign(request(&b, "b", NOW - 10, NOW + 3600)).unwrap();
+        let m_cert = other.sign(request(&m, "m", NOW - 10, NOW + 3600)).unwrap();
+        Net {
+            ca,
+            a,
+            a_cert,
+            b,
+            b_cert,
+            m,
+            m_cert,
+        }
+    }
+
+    fn msg(sender: [u8; 32], cert: Option<&NodeCert>, body: Body) -> Message {
+        Message {
+            flags: FLAG_SERVER,
+            sender,
+            txid: 7,
+            cert: cert.map(|c| c.to_bytes().to_vec()),
+            body,
+        }
+    }
+
+    #[test]
+    fn non_members_bad_tags_and_forged_ids_are_refused_and_leave_no_pair() {
+        let n = net();
+        let mut a = Auth::new(&n.a, 16);
+        let mut b = Auth::new(&n.b, 16);
+        let mut mal = Auth::new(&n.m, 16);
+        let mut certs = CertCache::new(16);
+        let b_id = Key(n.b_cert.node_id());
+        let bx = n.b_cert.body.public.x25519;
+        let open = |b: &mut Auth<'_>, certs: &mut CertCache, bytes: &[u8]| {
+            b.open(&parse(bytes).unwrap(), certs, n.ca.public(), NOW)
+        };
+
+        // A member of another CA, with a correct tag under its own key.
+        let m = msg(n.m_cert.node_id(), Some(&n.m_cert), Body::Ping);
+        let bytes = mal
+            .seal(encode(&m), m.body.kind(), &b_id, Some(&bx))
+            .unwrap();
+        assert_eq!(open(&mut b, &mut certs, &bytes), Err(AuthDrop::BadCert));
+
+        // A valid member's message with one flipped bit in the tag.
+        let m = msg(n.a_cert.node_id(), Some(&n.a_cert), Body::Ping);
+        let mut bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&mut b, &mut certs, &bytes), Err(AuthDrop::BadTag));
+        // A member's certificate replayed by someone without its X25519 key.
+        let m = msg(n.a_cert.node_id(), Some(&n.a_cert), Body::Ping);
+        let bytes = mal
+            .seal(encode(&m), m.body.kind(), &b_id, Some(&bx))
+            .unwrap();
+        assert_eq!(open(&mut b, &mut certs, &bytes), Err(AuthDrop::BadTag));
+        // A's certificate under another sender id.
+        let m = msg([9; 32], Some(&n.a_cert), Body::Ping);
+        let bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        assert_eq!(open(&mut b, &mut certs, &bytes), Err(AuthDrop::ForgedId));
+        // No certificate and an unknown sender; a reflected message claiming B itself.
+        let m = msg(n.a_cert.node_id(), None, Body::Ping);
+        let bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        assert_eq!(
+            open(&mut b, &mut certs, &bytes),
+            Err(AuthDrop::UnknownSender)
+        );
+        let m = msg(n.b_cert.node_id(), Some(&n.b_cert), Body::Ping);
+        let bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        assert_eq!(open(&mut b, &mut certs, &bytes), Err(AuthDrop::SelfSender));
+        assert!(b.is_empty(), "no failed message created a pair");
+
+        // The genuine message passes; afterwards A may omit its certificate.
+        let m = msg(n.a_cert.node_id(), Some(&n.a_cert), Body::Ping);
+        let bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        let s = open(&mut b, &mut certs, &bytes).unwrap();
+        assert!(s.proven && s.server);
+        assert_eq!(s.id, Key(n.a_cert.node_id()));
+        let m = msg(n.a_cert.node_id(), None, Body::Ping);
+        let bytes = a.seal(encode(&m), m.body.kind(), &b_id, Some(&bx)).unwrap();
+        assert!(open(&mut b, &mut certs, &bytes).is_ok());
+        // After the certificate expires, the cached pair no longer authenticates.
+        let p = parse(&bytes).unwrap();
+        assert_eq!(
+            b.open(&p, &mut certs, n.ca.public(), NOW + 7200),
+            Err(AuthDrop::BadCert)
+        );
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_key_and_the_cache_is_bounded() {
+        let n = net();
+        let mut a = Auth::new(&n.a, 1);
+        let mut b = Auth::new(&n.b, 1);
+        let mut certs = CertCache::new(16);
+        let a_id = Key(n.a_cert.node_id());
+        let b_id = Key(n.b_cert.node_id());
+        let m = msg(a_id.0, Some(&n.a_cert), Body::Ping);
+        let bytes = a
+            .seal(
+                encode(&m),
+                m.body.kind(),
+                &b_id,
+                Some(&n.b_cert.body.public.x25519),
+            )
+            .unwrap();
+        b.open(&parse(&bytes).unwrap(), &mut certs, n.ca.public(), NOW)
+            .unwrap();
+        // B answers with its certificate; A verifies it and caches the pair (one X25519 each).
+        let r = msg(b_id.0, Some(&n.b_cert), Body::Ping);
+        let bytes = b.seal(encode(&r), r.body.kind(), &a_id, None).unwrap();
+        a.open(&parse(&bytes).unwrap(), &mut certs, n.ca.public(), NOW)
+            .unwrap();
+        assert_eq!(a.known_x25519(&b_id), Some(n.b_cert.body.public.x25519));
+        assert_eq!((a.agreements, b.agreements), (2, 1));
+        assert_eq!(a.len(), 1);
+    }
+}

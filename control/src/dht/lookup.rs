@@ -298,7 +298,10 @@ mod tests {
         );
         let first = l.next_queries();
         assert_eq!(first.len(), 6, "alpha = 3 on each of 2 paths");
-        assert!(l.next_queries().is_empty(), "nothing more until something answers");
+        assert!(
+            l.next_queries().is_empty(),
+            "nothing more until something answers"
+        );
         // A node one path already knows, reported on the other path, is not queried again.
         let (p0, c0) = first[0];
         let other = first.iter().find(|(p, _)| *p != p0).unwrap().1;
