@@ -210,10 +210,7 @@ fn forward_events(
         };
         let msg = match e {
             Event::ControlReceived { src, payload } => UpMsg::ControlReceived { src, payload },
-            Event::NoSession { peer, dst } => UpMsg::NoSession {
-                peer: Some(peer),
-                dst,
-            },
+            Event::NoSession { peer, dst } => UpMsg::NoSession { peer, dst },
             Event::RekeyNeeded { peer, local_index } => UpMsg::RekeyNeeded { peer, local_index },
             Event::EndpointChanged { peer, addr } => UpMsg::EndpointChanged { peer, addr },
             Event::SessionConfirmed { peer, local_index } => {
@@ -391,6 +388,8 @@ fn worker_stats(t: &WorkerTotals) -> WorkerStats {
         tx_bytes: t.tun_rx_bytes,
         drops,
         uring_enters: t.enters,
+        held: t.held,
+        hold_flushed: t.hold_flushed,
     }
 }
 
@@ -408,6 +407,8 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::SourceNotAllowed => P::SourceNotAllowed,
         DropCause::NoBuffer | DropCause::EventQueueFull => P::QueueFull,
         DropCause::ControlRateLimited => P::ControlRateLimited,
+        DropCause::HoldExpired => P::HoldExpired,
+        DropCause::HoldOverflow => P::HoldOverflow,
     };
     p.index()
 }

@@ -270,6 +270,8 @@ fn ipc() -> Named {
             tx_bytes: 4,
             drops: [5; DROP_CAUSES],
             uring_enters: 6,
+            held: 7,
+            hold_flushed: 8,
         }],
         peers: vec![PeerStats {
             peer: 1,

@@ -200,10 +200,12 @@ fn snapshot(d: &Driver<'_>, name: &str, connected: bool, socket: &str, now: Now)
                     }),
                     handshaking: p.in_flight.is_some(),
                     failures: p.failures,
+                    reachable: p.reachable,
                     ..PeerInfo::default()
                 }
             })
             .collect(),
+        dht: crate::api::DhtInfo::default(),
     }
 }
 
