@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod cookie;
 pub mod daemon;
+pub mod dht;
 pub mod digest;
 pub mod handshake;
 pub mod identity;
