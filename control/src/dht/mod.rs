@@ -12,4 +12,7 @@ pub mod store;
 pub mod auth;
 pub mod lookup;
 pub mod messages;
+pub mod node;
 pub mod routing;
+
+pub use node::{Dht, DhtConfig, DhtEvent, DhtStats, LookupId, LookupSummary};
