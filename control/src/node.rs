@@ -504,11 +504,22 @@ impl<'a> Node<'a> {
                 v.push(*a);
             }
         }
-        for a in &self.config.local {
-            if !v.contains(a) {
+        // Never our own overlay addresses (the TUN's): they are reachable only through us.
+        let cert = self.driver.my_cert();
+        let overlay = |ip: IpAddr| {
+            cert.body
+                .ipv4
+                .iter()
+                .map(|(a, l)| (IpAddr::V4(*a), *l))
+                .chain(cert.body.ipv6.iter().map(|(a, l)| (IpAddr::V6(*a), *l)))
+                .any(|p| crate::peers::prefixes_overlap(p, (ip, max_len(ip))))
+        };
+        for a in self.config.local.iter().chain(self.observed.keys()) {
+            if !v.contains(a) && !overlay(a.ip()) {
                 v.push(*a);
             }
         }
+        v.retain(|a| !overlay(a.ip()));
         v.truncate(MAX_ENDPOINTS);
         v
     }

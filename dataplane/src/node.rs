@@ -312,6 +312,19 @@ impl IpcHandler for EngineHandler<'_> {
                 });
                 Ok(None)
             }
+            DownMsg::SetSources { peer, prefixes } => {
+                for &(addr, len) in &prefixes {
+                    let max = if addr.is_ipv4() { 32 } else { 128 };
+                    if len > max {
+                        return Err(format!("prefix {addr}/{len}: length must be at most {max}"));
+                    }
+                }
+                self.engine.broadcast(&Command::SetSources {
+                    peer,
+                    prefixes: prefixes.into(),
+                });
+                Ok(None)
+            }
             DownMsg::SetEndpoint { peer, addr } => {
                 self.engine.broadcast(&Command::SetEndpoint { peer, addr });
                 Ok(None)

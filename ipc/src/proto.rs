@@ -278,6 +278,17 @@ pub enum DownMsg {
         /// (network address, prefix length), at most [`MAX_ROUTES`].
         prefixes: Vec<(IpAddr, u8)>,
     },
+    /// Prefixes a peer that has no routes may send from (the inbound check only, never
+    /// outbound routing): the certified addresses of a node whose pending responder session
+    /// waits for key confirmation, so that the data packet that confirms it is delivered, not
+    /// dropped before its routes arrive. Packets must still authenticate under that peer's
+    /// session keys. Tag 9 (since version 3).
+    SetSources {
+        /// Peer id.
+        peer: u32,
+        /// (network address, prefix length), at most [`MAX_ROUTES`].
+        prefixes: Vec<(IpAddr, u8)>,
+    },
     /// Set the peer's underlay endpoint.
     SetEndpoint {
         /// Peer id.
@@ -653,8 +664,12 @@ fn encode_down_msg(w: &mut Writer<'_>, msg: &DownMsg) -> Result<(), EncodeError>
             w.u8(3);
             w.u32(*peer);
         }
-        DownMsg::SetRoutes { peer, prefixes } => {
-            w.u8(4);
+        DownMsg::SetRoutes { peer, prefixes } | DownMsg::SetSources { peer, prefixes } => {
+            w.u8(if matches!(msg, DownMsg::SetRoutes { .. }) {
+                4
+            } else {
+                9
+            });
             w.u32(*peer);
             w.count("SetRoutes prefixes", prefixes.len(), MAX_ROUTES)?;
             for (ip, len) in prefixes {
@@ -1054,7 +1069,7 @@ fn decode_down_msg(r: &mut Reader<'_>) -> Result<DownMsg, DecodeError> {
         3 => DownMsg::RemovePeer {
             peer: r.u32("RemovePeer peer")?,
         },
-        4 => {
+        tag @ (4 | 9) => {
             let peer = r.u32("SetRoutes peer")?;
             // Smallest entry: family + 4 bytes + length.
             let n = r.count("SetRoutes prefixes", MAX_ROUTES, 6)?;
@@ -1072,7 +1087,11 @@ fn decode_down_msg(r: &mut Reader<'_>) -> Result<DownMsg, DecodeError> {
                 }
                 prefixes.push((ip, len));
             }
-            DownMsg::SetRoutes { peer, prefixes }
+            if tag == 4 {
+                DownMsg::SetRoutes { peer, prefixes }
+            } else {
+                DownMsg::SetSources { peer, prefixes }
+            }
         }
         5 => DownMsg::SetEndpoint {
             peer: r.u32("SetEndpoint peer")?,

@@ -2,7 +2,12 @@
 //! through the DHT by overlay address (IPv4 and IPv6) with no packet of the first ping lost
 //! (the dataplane holds it during the lookup and handshake); `shadowmesh connect NAME` looks a
 //! node up by name; a killed node is shown unreachable and recovers when it is restarted.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::needless_range_loop,
+    missing_docs
+)]
 
 mod common;
 
@@ -121,8 +126,13 @@ fn six_nodes_find_each_other_through_the_dht() {
                 let out = topo.exec(a, &["ping", "-c", "1", "-W", "5", &dst]).unwrap();
                 assert!(
                     out.status.success(),
-                    "node {a}: the first ping to {dst} was lost: {}",
-                    String::from_utf8_lossy(&out.stdout)
+                    "node {a}: the first ping to {dst} was lost: {}\nits status: {}\nits log: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    topo.status_json(a, &nodes[a])
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                    std::fs::read_to_string(topo.dir.join(format!("up{a}.log")))
+                        .unwrap_or_default()
                 );
             }
         }

@@ -620,7 +620,9 @@ impl<I: PacketIo> Worker<I> {
                                 .drop_for(&entry.counters, DropCause::BadInnerPacket);
                             continue;
                         };
-                        if !self.tables.routes.allows(peer, inner_src) {
+                        if !self.tables.routes.allows(peer, inner_src)
+                            && !entry.sources_allow(inner_src)
+                        {
                             self.totals
                                 .drop_for(&entry.counters, DropCause::SourceNotAllowed);
                             continue;

@@ -58,6 +58,8 @@ fn down_msg() -> impl Strategy<Value = DownMsg> {
         any::<u32>().prop_map(|peer| DownMsg::RemovePeer { peer }),
         (any::<u32>(), prop::collection::vec(prefix(), 0..40))
             .prop_map(|(peer, prefixes)| DownMsg::SetRoutes { peer, prefixes }),
+        (any::<u32>(), prop::collection::vec(prefix(), 0..8))
+            .prop_map(|(peer, prefixes)| DownMsg::SetSources { peer, prefixes }),
         (any::<u32>(), sockaddr()).prop_map(|(peer, addr)| DownMsg::SetEndpoint { peer, addr }),
         (
             sockaddr(),
