@@ -538,7 +538,7 @@ mod tests {
             assert_eq!(p.msg, m);
             assert_eq!(p.signed.len() + TAG_LEN, b.len());
         }
-        // Sizes quoted in docs/dht.md (no cert carried).
+        // Sizes quoted in docs/protocol.md §8 (no cert carried).
         let ping = Message {
             flags: 0,
             sender: [0; 32],

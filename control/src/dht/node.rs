@@ -3,7 +3,7 @@
 //! [`Dht::handle_message`] / [`Dht::handle_timeout`], take datagrams with
 //! [`Dht::poll_transmit`] and events with [`Dht::poll_event`].
 //!
-//! Rules it enforces (see `docs/dht.md`):
+//! Rules it enforces (see `docs/protocol.md §8`):
 //! - Every message is authenticated ([`super::auth`]) before anything else; a failure is a
 //!   counted drop that changes no state.
 //! - A reply counts only for a request we sent: same txid, from the address it went to, from
