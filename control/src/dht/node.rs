@@ -1039,3 +1039,248 @@ impl<'a> Dht<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::tests::request;
+    use crate::cert::Ca;
+    use crate::rand::{SeedableRng, SeededRng};
+
+    const WALL: u64 = 1_800_000_000;
+
+    fn now(ms: u64) -> Now {
+        Now {
+            mono: Duration::from_millis(ms),
+            wall: Duration::from_secs(WALL) + Duration::from_millis(ms),
+        }
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, i], 51820))
+    }
+
+    struct Net {
+        ca: Ca,
+        ids: Vec<Identity>,
+        certs: Vec<NodeCert>,
+    }
+
+    fn net(n: usize) -> Net {
+        let ca = Ca::generate("net").unwrap();
+        let ids: Vec<Identity> = (0..n).map(|_| Identity::generate().unwrap()).collect();
+        let certs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                ca.sign(request(id, &format!("n{i}"), WALL - 10, WALL + 86_400))
+                    .unwrap()
+            })
+            .collect();
+        Net { ca, ids, certs }
+    }
+
+    /// Delivers everything queued among `dhts` (instantly), bounded.
+    fn pump(dhts: &mut [Dht<'_>], t: Now, rng: &mut SeededRng) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..dhts.len() {
+                while let Some((dst, msg)) = dhts[i].poll_transmit() {
+                    moved = true;
+                    let Some(j) = (0..dhts.len()).find(|&j| addr(j as u8 + 1) == dst) else {
+                        continue;
+                    };
+                    dhts[j].handle_message(addr(i as u8 + 1), &msg, t, rng);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn dht<'a>(n: &'a Net, i: usize, server: bool) -> Dht<'a> {
+        let config = DhtConfig {
+            server,
+            ..DhtConfig::default()
+        };
+        Dht::new(&n.ids[i], n.certs[i].clone(), n.ca.public().clone(), config)
+    }
+
+    #[test]
+    fn an_outsider_changes_nothing() {
+        let n = net(1);
+        let other = Ca::generate("other").unwrap();
+        let m = Identity::generate().unwrap();
+        let m_cert = other
+            .sign(request(&m, "m", WALL - 10, WALL + 3600))
+            .unwrap();
+        let mut rng = SeededRng::seed_from_u64(1);
+        let mut victim = dht(&n, 0, true);
+        // The outsider runs a real DHT of its own CA and HELLOs, FIND_NODEs and STOREs.
+        let mut outsider = Dht::new(
+            &m,
+            m_cert.clone(),
+            other.public().clone(),
+            DhtConfig::default(),
+        );
+        outsider.add_bootstrap(addr(1));
+        outsider.join(now(0), &mut rng);
+        let rec = NodeRecord::sign(&m, &m_cert, vec![addr(9)], vec![], 1, WALL + 600).unwrap();
+        outsider.publish(rec, now(0), &mut rng);
+        let mut sent = 0;
+        while let Some((dst, msg)) = outsider.poll_transmit() {
+            assert_eq!(dst, addr(1));
+            victim.handle_message(addr(9), &msg, now(1), &mut rng);
+            // Garbage and truncations too.
+            victim.handle_message(addr(9), &msg[..msg.len() / 2], now(1), &mut rng);
+            sent += 1;
+        }
+        assert!(sent > 0);
+        assert!(victim.poll_transmit().is_none(), "answered an outsider");
+        assert_eq!(victim.routing_table().count(), 0);
+        assert!(victim.store().is_empty());
+        assert!(victim.requests.is_empty());
+        let st = victim.stats();
+        assert_eq!(st.unauthenticated + st.malformed, 2 * sent);
+    }
+
+    #[test]
+    fn replies_we_did_not_ask_for_are_dropped() {
+        let n = net(2);
+        let mut rng = SeededRng::seed_from_u64(2);
+        let mut dhts = vec![dht(&n, 0, true), dht(&n, 1, true)];
+        dhts[1].add_bootstrap(addr(1));
+        dhts[1].join(now(0), &mut rng);
+        pump(&mut dhts, now(1), &mut rng);
+        assert_eq!(dhts[1].routing_table().count(), 1);
+        // Node 0 pings node 1, and we replay node 1's PONG to node 0 a second time, and from
+        // another address: both are unexpected.
+        while dhts[0].poll_event().is_some() {}
+        let one = dhts[1].own_id();
+        dhts[0].ping(one, addr(2), now(2), &mut rng);
+        let (dst, ping) = dhts[0].poll_transmit().unwrap();
+        assert_eq!(dst, addr(2));
+        dhts[1].handle_message(addr(1), &ping, now(3), &mut rng);
+        let (_, pong) = dhts[1].poll_transmit().unwrap();
+        dhts[0].handle_message(addr(7), &pong, now(4), &mut rng);
+        assert_eq!(dhts[0].stats().unexpected, 1, "from another address");
+        dhts[0].handle_message(addr(2), &pong, now(4), &mut rng);
+        assert!(matches!(
+            dhts[0].poll_event(),
+            Some(DhtEvent::ObservedAddr { .. })
+        ));
+        assert!(matches!(
+            dhts[0].poll_event(),
+            Some(DhtEvent::PingResult { ok: true, .. })
+        ));
+        dhts[0].handle_message(addr(2), &pong, now(5), &mut rng);
+        assert_eq!(dhts[0].stats().unexpected, 2, "the replay");
+        assert!(dhts[0].poll_event().is_none());
+    }
+
+    #[test]
+    fn clients_stay_out_of_routing_tables_and_servers_get_in() {
+        let n = net(3);
+        let mut rng = SeededRng::seed_from_u64(3);
+        let mut dhts = vec![dht(&n, 0, true), dht(&n, 1, false), dht(&n, 2, true)];
+        for i in [1, 2] {
+            dhts[i].add_bootstrap(addr(1));
+            dhts[i].join(now(0), &mut rng);
+        }
+        pump(&mut dhts, now(1), &mut rng);
+        let ids: Vec<Key> = dhts[0].routing_table().map(|c| c.id).collect();
+        assert!(!ids.contains(&dhts[1].own_id()), "a client entered a table");
+        assert!(
+            ids.contains(&dhts[2].own_id()),
+            "a confirmed server is missing"
+        );
+        // The client still uses the DHT: it knows the servers.
+        assert!(dhts[1].routing_table().count() >= 1);
+    }
+
+    #[test]
+    fn forged_and_older_records_are_refused_and_the_newest_found() {
+        let n = net(6);
+        let mut rng = SeededRng::seed_from_u64(4);
+        let mut dhts: Vec<Dht<'_>> = (0..6).map(|i| dht(&n, i, true)).collect();
+        for i in 1..6 {
+            dhts[i].add_bootstrap(addr(1));
+            dhts[i].join(now(0), &mut rng);
+            pump(&mut dhts, now(1), &mut rng);
+        }
+        let rec = |seq, ep: u8| {
+            NodeRecord::sign(
+                &n.ids[3],
+                &n.certs[3],
+                vec![addr(ep)],
+                vec![],
+                seq,
+                WALL + 600,
+            )
+            .unwrap()
+        };
+        dhts[3].publish(rec(10, 4), now(2), &mut rng);
+        pump(&mut dhts, now(3), &mut rng);
+        let key = Key::for_node(&n.certs[3].node_id());
+        let held = |dhts: &[Dht<'_>]| -> Vec<Option<u64>> {
+            dhts.iter()
+                .map(|d| d.store().get(&key, WALL).map(|r| r.seq))
+                .collect()
+        };
+        let before = held(&dhts);
+        assert!(before.contains(&Some(10)), "{before:?}");
+        // Node 5 (a member) pushes node 3's older record and a forged one (node 3's cert,
+        // signed by node 5's key) to everyone.
+        let older = rec(5, 66);
+        let forged = {
+            let mut r = NodeRecord::sign(
+                &n.ids[5],
+                &n.certs[5],
+                vec![addr(66)],
+                vec![],
+                99,
+                WALL + 600,
+            )
+            .unwrap();
+            r.cert = n.certs[3].clone();
+            r
+        };
+        for bad in [older, forged] {
+            for j in 0..5 {
+                let to = dhts[j].own_id();
+                let x = n.certs[j].body.public.x25519;
+                dhts[5].send_request(
+                    to,
+                    addr(j as u8 + 1),
+                    Some(x),
+                    Body::Store {
+                        key,
+                        record: bad.encode(true),
+                    },
+                    Purpose::Store,
+                    now(4),
+                    &mut rng,
+                );
+            }
+            pump(&mut dhts, now(5), &mut rng);
+        }
+        // The forged record is stored nowhere; the older one replaced nothing newer (a node
+        // that held none may keep it: it cannot know of a newer one).
+        let after = held(&dhts);
+        for (b, a) in before.iter().zip(&after) {
+            assert_ne!(*a, Some(99), "the forged record was stored");
+            if *b == Some(10) {
+                assert_eq!(*a, Some(10), "an older record replaced a newer one");
+            }
+        }
+        let id = dhts[1].find_record(Key::for_name("n3"), now(6), &mut rng);
+        pump(&mut dhts, now(7), &mut rng);
+        let found = std::iter::from_fn(|| dhts[1].poll_event()).find_map(|e| match e {
+            DhtEvent::LookupDone { id: i, record, .. } if i == id => Some(record),
+            _ => None,
+        });
+        let found = found.expect("lookup finished").expect("record found");
+        assert_eq!((found.seq, found.endpoints.clone()), (10, vec![addr(4)]));
+    }
+}
