@@ -17,4 +17,5 @@ pub mod identity;
 pub mod kdf;
 pub mod rand;
 pub mod ratelimit;
+pub mod sim;
 pub mod transport;
