@@ -15,8 +15,10 @@
 //! and certificates on thousands of nodes).
 
 // pub mod dht;
+pub mod ids;
 pub mod net;
 pub mod toy;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
