@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
 use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_1024};
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair, PqdsaKeyPair, ML_DSA_87, ML_DSA_87_SIGNING};
 use criterion::{criterion_group, criterion_main, Criterion};
 use shadowmesh_control::cert::{Ca, NodeCert, NodeCertRequest};
@@ -20,6 +19,7 @@ use shadowmesh_control::handshake::{
     messages::COOKIE_REPLY_LEN, Initiator, InitiatorOptions, Responder, ResponderOutput,
 };
 use shadowmesh_control::identity::Identity;
+use shadowmesh_control::rand::SystemRng;
 use shadowmesh_control::transport::{fragment, FrameKey};
 
 const T0: u64 = 1_800_000_000;
@@ -67,7 +67,7 @@ fn handshake(n: &Net, r: &mut Responder<'_>, now: Duration, hash: bool) -> (usiz
         send_cert_hash: hash,
         ..Default::default()
     };
-    let rng = SystemRandom::new();
+    let mut rng = SystemRng::new();
     let (mut i, m1) = Initiator::with_options(
         &n.a,
         &n.a_cert,
@@ -75,7 +75,7 @@ fn handshake(n: &Net, r: &mut Responder<'_>, now: Duration, hash: bool) -> (usiz
         n.ca.public(),
         1,
         now,
-        &rng,
+        &mut rng,
         opts,
     )
     .expect("m1");
@@ -97,7 +97,8 @@ fn handshake(n: &Net, r: &mut Responder<'_>, now: Duration, hash: bool) -> (usiz
 }
 
 fn print_sizes(n: &Net) {
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).expect("responder");
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new()))
+        .expect("responder");
     let mut line = String::new();
     for (k, hash) in [(0u64, false), (1, true)] {
         let (m1, m2) = handshake(n, &mut r, Duration::from_secs(T0 + k), hash);
@@ -120,7 +121,8 @@ fn print_sizes(n: &Net) {
 fn bench_handshake(c: &mut Criterion) {
     let n = net();
     print_sizes(&n);
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).expect("responder");
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new()))
+        .expect("responder");
     // The cached-certificate case needs the initiator's certificate in the responder's cache.
     r.cache_cert(n.a_cert.clone(), Duration::from_secs(T0))
         .expect("cache");
@@ -139,17 +141,33 @@ fn bench_handshake(c: &mut Criterion) {
         b.iter(|| handshake(&n, &mut r, tick(), false))
     });
     let src: SocketAddr = "198.51.100.1:51820".parse().expect("addr");
-    let rng = SystemRandom::new();
+    let mut rng = SystemRng::new();
     g.bench_function("initiator_m1", |b| {
         b.iter(|| {
-            Initiator::new(&n.a, &n.a_cert, &n.b_cert, n.ca.public(), 1, tick(), &rng)
-                .expect("m1")
-                .1
+            Initiator::new(
+                &n.a,
+                &n.a_cert,
+                &n.b_cert,
+                n.ca.public(),
+                1,
+                tick(),
+                &mut rng,
+            )
+            .expect("m1")
+            .1
         })
     });
     g.bench_function("responder_cookie_reply_under_load", |b| {
-        let (_, m1) =
-            Initiator::new(&n.a, &n.a_cert, &n.b_cert, n.ca.public(), 1, tick(), &rng).expect("m1");
+        let (_, m1) = Initiator::new(
+            &n.a,
+            &n.a_cert,
+            &n.b_cert,
+            n.ca.public(),
+            1,
+            tick(),
+            &mut rng,
+        )
+        .expect("m1");
         b.iter(|| {
             r.handle_initiation(black_box(&m1), src, Duration::from_secs(T0), true, 2)
                 .expect("cookie")

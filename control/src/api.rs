@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::daemon::ipc_bridge::Bridge;
-use shadowmesh_dataplane::ipc::{DownMsg, DropCause, PeerStats, UpMsg};
+use shadowmesh_ipc::{DownMsg, DropCause, PeerStats, UpMsg};
 use shadowmesh_platform::seqpacket::{self, PeerCred, PeerPolicy, SeqpacketError};
 
 /// Largest request head (request line + headers).

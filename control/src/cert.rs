@@ -15,11 +15,11 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::armor::{self, ArmorError};
+use crate::handshake::kdf::sha256;
 use crate::identity::{
     read_public_file, read_secret_file, sign_with, write_secret_file, IdentityError,
     IdentityPublic, Reader, MLDSA_PK_LEN, MLDSA_SIG_LEN, MLKEM_EK_LEN, NODE_ID_LEN,
 };
-use crate::kdf::sha256;
 
 /// Certificate format version.
 pub const CERT_VERSION: u8 = 1;

@@ -28,7 +28,12 @@
 //! rekey_after_secs = 120
 //! reject_after_secs = 180
 //!
-//! [[peer]]
+//! [discovery]
+//! bootstrap = ["198.51.100.1:51820"]  # DHT nodes to join through (none: wait to be joined)
+//! # advertise = ["203.0.113.7:51820"]  # endpoints to publish (default: local + observed)
+//! # server = true                      # enter others' routing tables (default: true)
+//!
+//! [[peer]]                  # optional with discovery
 //! cert = "beta.cert"
 //! endpoint = "198.51.100.2:51820"
 //! ```
@@ -51,6 +56,8 @@ pub const DEFAULT_PORT: u16 = 51820;
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
 /// Most static peers.
 pub const MAX_PEERS: usize = 4096;
+/// Most bootstrap or advertised addresses.
+pub const MAX_DISCOVERY_ADDRS: usize = 16;
 
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
@@ -205,6 +212,19 @@ pub struct Config {
     pub control: ControlSection,
     /// `[[peer]]` entries in file order.
     pub peers: Vec<PeerEntry>,
+    /// `[discovery]`.
+    pub discovery: DiscoverySection,
+}
+
+/// `[discovery]`: the DHT.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DiscoverySection {
+    /// DHT nodes to join through, by address.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Endpoints to publish in our record instead of the local and observed ones.
+    pub advertise: Vec<SocketAddr>,
+    /// Whether we offer to enter other nodes' routing tables (a node behind NAT says false).
+    pub server: bool,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +237,18 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    #[serde(default)]
+    bootstrap: Vec<Spanned<String>>,
+    #[serde(default)]
+    advertise: Vec<Spanned<String>>,
+    server: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -581,12 +613,44 @@ impl Config {
                 line,
             });
         }
+        let disc = &raw.discovery;
+        let addrs = |list: &[Spanned<String>], key: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+            if list.len() > MAX_DISCOVERY_ADDRS {
+                return cx.invalid(
+                    &list[MAX_DISCOVERY_ADDRS].span(),
+                    key,
+                    "at most 16 addresses",
+                    list.len(),
+                );
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, v) in list.iter().enumerate() {
+                match v.get_ref().parse::<SocketAddr>() {
+                    Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => out.push(a),
+                    _ => {
+                        return cx.invalid(
+                            &v.span(),
+                            format!("{key}[{i}]"),
+                            "\"IP:PORT\" (IPv6 as \"[addr]:port\"), not 0.0.0.0 and not port 0",
+                            v.get_ref(),
+                        )
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let discovery = DiscoverySection {
+            bootstrap: addrs(&disc.bootstrap, "discovery.bootstrap")?,
+            advertise: addrs(&disc.advertise, "discovery.advertise")?,
+            server: disc.server.unwrap_or(true),
+        };
         Ok(Self {
             file: file.to_path_buf(),
             node,
             dataplane,
             control,
             peers,
+            discovery,
         })
     }
 }
@@ -735,6 +799,22 @@ endpoint = "[fd00::3]:51820"
             e.contains("peer[2].name") && e.contains("not used by another"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn discovery_section_parses_and_names_bad_addresses() {
+        let ok = parse(&format!(
+            "{GOOD}\n[discovery]\nbootstrap = [\"198.51.100.9:51820\", \"[2001:db8::9]:51820\"]\nserver = false\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.discovery.bootstrap.len(), 2);
+        assert!(!ok.discovery.server);
+        assert!(parse(GOOD).unwrap().discovery.server, "server by default");
+        let e = err(&format!(
+            "{GOOD}\n[discovery]\nbootstrap = [\"198.51.100.9:51820\", \"198.51.100.9\"]\n"
+        ));
+        assert!(e.contains("discovery.bootstrap[1]"), "{e}");
+        assert!(e.contains("IP:PORT"), "{e}");
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::rand::SecureRandom;
+use rand_core::RngCore;
 use zeroize::Zeroizing;
 
+use crate::handshake::kdf::{ct_eq, mac16, sha256};
 use crate::handshake::messages::{CookieReply, COOKIE_REPLY_LEN, KIND_COOKIE_REPLY, MAC_LEN};
 use crate::identity::IdentityPublic;
-use crate::kdf::{ct_eq, mac16, sha256};
 
 /// How often the cookie secret changes; a cookie is accepted for this epoch and the one before.
 pub const COOKIE_ROTATION: Duration = Duration::from_secs(120);
@@ -85,21 +85,17 @@ impl std::fmt::Debug for CookieChecker {
 }
 
 impl CookieChecker {
-    /// A checker for the node with these static keys; `rng` seeds the rotating secret.
-    ///
-    /// # Errors
-    /// `Unspecified` if the RNG fails.
-    pub fn new(
-        keys: StaticKeys,
-        rng: &dyn SecureRandom,
-    ) -> Result<Self, aws_lc_rs::error::Unspecified> {
+    /// A checker for the node with these static keys; `rng` (the caller's) seeds the rotating
+    /// secret.
+    #[must_use]
+    pub fn new(keys: StaticKeys, rng: &mut dyn RngCore) -> Self {
         let mut master = Zeroizing::new([0u8; 32]);
-        rng.fill(master.as_mut_slice())?;
-        Ok(Self {
+        rng.fill_bytes(master.as_mut_slice());
+        Self {
             master,
             keys,
             budgets: HashMap::new(),
-        })
+        }
     }
 
     fn secret(&self, epoch: u64) -> Zeroizing<[u8; 32]> {
@@ -134,17 +130,17 @@ impl CookieChecker {
     /// Builds a cookie reply for the initiation whose sender index and mac1 are given.
     ///
     /// # Errors
-    /// `Unspecified` if the RNG or the AEAD fails.
+    /// `Unspecified` if the AEAD fails.
     pub fn cookie_reply(
         &self,
         src: SocketAddr,
         now: Duration,
         receiver: u32,
         m1_mac1: &[u8],
-        rng: &dyn SecureRandom,
+        rng: &mut dyn RngCore,
     ) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
         let mut nonce = [0u8; 12];
-        rng.fill(&mut nonce)?;
+        rng.fill_bytes(&mut nonce);
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.keys.cookie_key)?);
         let mut sealed = self.cookie(src, now).to_vec();
         // AD = the initiation's mac1: only the sender of that initiation can use the reply.
@@ -236,7 +232,7 @@ pub fn open_cookie_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::rand::SystemRandom;
+    use crate::rand::SystemRng;
 
     fn checker() -> CookieChecker {
         let keys = StaticKeys {
@@ -244,7 +240,7 @@ mod tests {
             mac1_key: [2; 32],
             cookie_key: [3; 32],
         };
-        CookieChecker::new(keys, &SystemRandom::new()).unwrap()
+        CookieChecker::new(keys, &mut SystemRng::new())
     }
 
     #[test]

@@ -18,7 +18,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::armor::{self, ArmorError};
-use crate::kdf::sha256;
+use crate::handshake::kdf::sha256;
 
 /// ML-DSA-87 public key length.
 pub const MLDSA_PK_LEN: usize = 2592;

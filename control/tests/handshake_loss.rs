@@ -14,9 +14,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use shadowmesh_control::cert::{Ca, NodeCert, NodeCertRequest};
-use shadowmesh_control::daemon::sessions::{Driver, PeerSpec, Settings};
+use shadowmesh_control::handshake::driver::{Driver, PeerSpec, Settings};
 use shadowmesh_control::identity::Identity;
-use shadowmesh_dataplane::ipc::{DownMsg, Slot, UpMsg};
+use shadowmesh_ipc::{DownMsg, Slot, UpMsg};
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
 
@@ -74,6 +74,7 @@ fn first_contact(seed: u64, loss: u64, limit: Duration) -> Option<Duration> {
             }],
             Settings::default(),
             T0,
+            Box::new(shadowmesh_control::rand::SystemRng::new()),
         )
         .expect("driver")
     };

@@ -6,12 +6,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
 use shadowmesh_control::cert::{Ca, NodeCertRequest};
 use shadowmesh_control::handshake::{
     Initiator, InitiatorEvent, InitiatorOptions, Responder, ResponderOutput,
 };
 use shadowmesh_control::identity::Identity;
+use shadowmesh_control::rand::SystemRng;
 use shadowmesh_control::transport::{
     fragment, FrameKey, Incoming, Reassembler, ReassemblyLimits, CONTROL_TYPE, KIND_HANDSHAKE,
     MAX_DATAGRAM,
@@ -60,8 +60,8 @@ fn handshake_over_fragmented_transport() {
     let key = FrameKey::for_network(&ca.public().id());
     let mut ra = Reassembler::new(key.clone(), ReassemblyLimits::default());
     let mut rb = Reassembler::new(key.clone(), ReassemblyLimits::default());
-    let mut resp = Responder::new(&b, &b_cert, ca.public()).unwrap();
-    let rng = SystemRandom::new();
+    let mut resp = Responder::new(&b, &b_cert, ca.public(), Box::new(SystemRng::new())).unwrap();
+    let mut rng = SystemRng::new();
 
     let mut sizes = Vec::new();
     for (k, hash) in [(0u32, false), (1, true)] {
@@ -70,9 +70,17 @@ fn handshake_over_fragmented_transport() {
             send_cert_hash: hash,
             ..Default::default()
         };
-        let (mut init, m1) =
-            Initiator::with_options(&a, &a_cert, &b_cert, ca.public(), 100 + k, t, &rng, opts)
-                .unwrap();
+        let (mut init, m1) = Initiator::with_options(
+            &a,
+            &a_cert,
+            &b_cert,
+            ca.public(),
+            100 + k,
+            t,
+            &mut rng,
+            opts,
+        )
+        .unwrap();
         let f1 = fragment(&key, KIND_HANDSHAKE, k, &m1).unwrap();
         let got = carry(&f1, a_addr, &mut rb, t);
         let (m2, re) = match resp

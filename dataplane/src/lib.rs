@@ -7,7 +7,9 @@
 
 pub mod crypto;
 pub mod engine;
-pub mod ipc;
+/// The IPC with the control plane (its own crate, so the control plane does not link the
+/// dataplane); re-exported under its old path.
+pub use shadowmesh_ipc as ipc;
 pub mod node;
 pub mod offload;
 pub mod ratelimit;

@@ -22,10 +22,10 @@ use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
 use aws_lc_rs::kem::{DecapsulationKey, EncapsulationKey, ML_KEM_1024};
 use shadowmesh_control::cert::NodeCert;
 use shadowmesh_control::cookie::StaticKeys;
+use shadowmesh_control::handshake::kdf::{SymmetricState, KEY_LEN};
 use shadowmesh_control::handshake::messages::{KIND_INITIATION, M1_TS_PLAIN, MAC_LEN};
 use shadowmesh_control::handshake::{tai64n, CipherChoice, PROLOGUE};
 use shadowmesh_control::identity::{Identity, IdentityPublic};
-use shadowmesh_control::kdf::{SymmetricState, KEY_LEN};
 use zeroize::Zeroizing;
 
 use crate::fixtures::{net, INITIATOR_INDEX, NOW};
@@ -192,7 +192,13 @@ mod tests {
     fn sealed_real_payload_is_accepted() {
         let n = net();
         for by_hash in [false, true] {
-            let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).expect("responder");
+            let mut r = Responder::new(
+                &n.b,
+                &n.b_cert,
+                &n.ca,
+                Box::new(shadowmesh_control::rand::SystemRng::new()),
+            )
+            .expect("responder");
             r.cache_cert(n.a_cert.clone(), NOW).expect("cache A");
             let m1 = sealer().seal(&default_plaintext(by_hash)).expect("seal");
             let out = r
@@ -205,7 +211,13 @@ mod tests {
     #[test]
     fn sealed_tampered_payload_is_refused() {
         let n = net();
-        let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).expect("responder");
+        let mut r = Responder::new(
+            &n.b,
+            &n.b_cert,
+            &n.ca,
+            Box::new(shadowmesh_control::rand::SystemRng::new()),
+        )
+        .expect("responder");
         let mut plain = default_plaintext(false);
         plain.push(0); // one byte after the certificate
         let m1 = sealer().seal(&plain).expect("seal");

@@ -8,11 +8,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aws_lc_rs::rand::SystemRandom;
 use shadowmesh_control::armor;
 use shadowmesh_control::handshake::{
     tai64n, CipherChoice, Initiator, InitiatorOptions, Responder, ResponderOutput,
 };
+use shadowmesh_control::rand::SystemRng;
 use shadowmesh_control::transport::{fragment, FrameKey, KIND_DHT, KIND_HANDSHAKE};
 use shadowmesh_dataplane::ipc::proto::{
     encode_down, encode_up, DownFrame, DownMsg, ErrorCode, Hello, InstallSession, PeerStats, Role,
@@ -93,7 +93,6 @@ fn wire() -> Named {
 /// real cookie reply for [`INITIATOR_INDEX`].
 fn handshakes() -> (Named, Vec<u8>, Vec<u8>) {
     let n = net();
-    let rng = SystemRandom::new();
     let start = |opts: InitiatorOptions| {
         Initiator::with_options(
             &n.a,
@@ -102,7 +101,7 @@ fn handshakes() -> (Named, Vec<u8>, Vec<u8>) {
             &n.ca,
             INITIATOR_INDEX,
             NOW,
-            &rng,
+            &mut SystemRng::new(),
             opts,
         )
         .expect("fixture initiation")
@@ -116,7 +115,8 @@ fn handshakes() -> (Named, Vec<u8>, Vec<u8>) {
         ciphers: vec![CipherChoice::ChaCha20Poly1305],
         ..Default::default()
     });
-    let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).expect("fixture responder");
+    let mut r = Responder::new(&n.b, &n.b_cert, &n.ca, Box::new(SystemRng::new()))
+        .expect("fixture responder");
     let cookie = match r.handle_initiation(&m1_full, src(), NOW, true, RESPONDER_INDEX) {
         Ok(ResponderOutput::CookieReply(c)) => c,
         other => panic!("expected a cookie reply under load, got {other:?}"),

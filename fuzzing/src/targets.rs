@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
 use shadowmesh_control::api;
 use shadowmesh_control::armor;
 use shadowmesh_control::cert::{CaPublic, NodeCert};
@@ -26,6 +25,7 @@ use shadowmesh_control::handshake::{
     ResponderOutput,
 };
 use shadowmesh_control::identity::{Identity, IdentityPublic};
+use shadowmesh_control::rand::SystemRng;
 use shadowmesh_control::transport::{
     FrameKey, Incoming, Reassembler, ReassemblyLimits, ENTRY_OVERHEAD, MAX_FRAGMENTS,
     MAX_FRAGMENT_PAYLOAD,
@@ -80,7 +80,7 @@ pub fn wire_classify(data: &[u8]) {
 
 fn responder() -> Responder<'static> {
     let n = net();
-    Responder::new(&n.b, &n.b_cert, &n.ca).expect("fixture responder")
+    Responder::new(&n.b, &n.b_cert, &n.ca, Box::new(SystemRng::new())).expect("fixture responder")
 }
 
 /// Checks what a responder answered: M2 of the right size naming our index, or a cookie reply;
@@ -174,7 +174,7 @@ fn new_initiation() -> InitiatorState<'static> {
         &n.ca,
         INITIATOR_INDEX,
         NOW,
-        &SystemRandom::new(),
+        &mut SystemRng::new(),
     )
     .expect("fixture initiation");
     state
@@ -249,17 +249,15 @@ pub fn handshake_initiator(data: &[u8]) {
 /// initiator must accept it and resend the same M1 with a new mac2. The fuzzer's bytes pick
 /// the source address the cookie is bound to.
 fn genuine_cookie_reply(state: &mut InitiatorState<'static>, data: &[u8]) {
-    let rng = SystemRandom::new();
-    let Ok(checker) = CookieChecker::new(StaticKeys::new(net().b.public()), &rng) else {
-        return;
-    };
+    let mut rng = SystemRng::new();
+    let checker = CookieChecker::new(StaticKeys::new(net().b.public()), &mut rng);
     let Ok(m1) = M1::parse(state.initiation()) else {
         panic!("our own M1 does not parse");
     };
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
     let port = u16::from_le_bytes([byte(8), byte(9)]);
     let from = SocketAddr::from((Ipv4Addr::new(203, 0, 113, byte(10)), port));
-    let Ok(reply) = checker.cookie_reply(from, NOW, INITIATOR_INDEX, m1.mac1(), &rng) else {
+    let Ok(reply) = checker.cookie_reply(from, NOW, INITIATOR_INDEX, m1.mac1(), &mut rng) else {
         return;
     };
     let before = state.initiation().to_vec();

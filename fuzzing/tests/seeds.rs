@@ -21,7 +21,13 @@ fn seed(target: &str, name: &str) -> Vec<u8> {
 fn committed_m1_is_answered_with_m2() {
     let n = net();
     for name in ["seed-m1-full-cert", "seed-m1-chacha"] {
-        let mut r = Responder::new(&n.b, &n.b_cert, &n.ca).unwrap();
+        let mut r = Responder::new(
+            &n.b,
+            &n.b_cert,
+            &n.ca,
+            Box::new(shadowmesh_control::rand::SystemRng::new()),
+        )
+        .unwrap();
         let out = r
             .handle_initiation(
                 &seed("handshake_m1", name),

@@ -19,6 +19,7 @@ use shadowmesh_control::cert::{CaPublic, NodeCert};
 use shadowmesh_control::handshake::messages::COOKIE_REPLY_LEN;
 use shadowmesh_control::handshake::{Initiator, InitiatorOptions};
 use shadowmesh_control::identity::Identity;
+use shadowmesh_control::rand::SystemRng;
 use shadowmesh_control::transport::{fragment, FrameKey, KIND_HANDSHAKE, MAX_FRAGMENTS};
 
 /// What to attack and how hard (the `shadowmesh bench attack` arguments).
@@ -111,7 +112,7 @@ pub fn run(plan: &AttackPlan, clock: fn() -> Duration) -> anyhow::Result<AttackR
                 &ca,
                 random_u32(&rng),
                 wall,
-                &rng,
+                &mut SystemRng::new(),
                 opts,
             )
             .context("building a forged initiation")?;

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
-use shadowmesh_dataplane::ipc::{DownMsg, IpcClient, IpcError, UpMsg};
+use shadowmesh_ipc::{DownMsg, IpcClient, IpcError, UpMsg};
 use shadowmesh_platform::seqpacket::{poll_readable, Wakeup};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -291,7 +291,7 @@ fn kind(m: &DownMsg) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shadowmesh_dataplane::ipc::{IpcServer, MemoryHandler};
+    use shadowmesh_ipc::{IpcServer, MemoryHandler};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     struct Server {

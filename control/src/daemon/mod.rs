@@ -1,13 +1,11 @@
 //! The control-plane process: loads the configuration, identity and certificates, keeps the
 //! dataplane filled (routes, endpoints, sessions) over the IPC bridge, runs handshakes through
-//! the sans-IO [`sessions::Driver`], and serves the admin API.
+//! the sans-IO [`Driver`](crate::handshake::driver::Driver), and serves the admin API.
 //!
-//! Owns the wiring and the one event loop; the protocol decisions live in `sessions`. It never
+//! Owns the wiring and the one event loop; the protocol decisions live in `crate::handshake::driver`. It never
 //! stops the dataplane (sessions outlive a control-plane restart) and never logs key material.
 
 pub mod ipc_bridge;
-pub mod peers;
-pub mod sessions;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,9 +18,9 @@ use crate::api::{self, ApiCall, DataplaneInfo, HandshakeInfo, NodeInfo, PeerInfo
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::clock::Now;
 use crate::config::{Config, ConfigError};
+use crate::handshake::driver::{Driver, PeerSpec, Settings};
 use crate::identity::{hex, Identity, IdentityError};
 use ipc_bridge::{Bridge, BridgeEvent};
-use sessions::{Driver, PeerSpec, Settings};
 
 /// Why the control plane could not start.
 #[derive(Debug, Error)]
@@ -299,15 +297,23 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
         peers,
     } = loaded;
     let now = clock();
-    let mut driver =
-        Driver::new(&identity, cert, ca, peers, settings(&config), now).map_err(|e| match e {
-            DaemonError::OwnCert(m) => DaemonError::OwnCert(format!(
-                "{}: {m} (CA {})",
-                config.node.cert.display(),
-                config.node.ca.display()
-            )),
-            other => other,
-        })?;
+    let mut driver = Driver::new(
+        &identity,
+        cert,
+        ca,
+        peers,
+        settings(&config),
+        now,
+        Box::new(crate::rand::SystemRng::new()),
+    )
+    .map_err(|e| match e {
+        DaemonError::OwnCert(m) => DaemonError::OwnCert(format!(
+            "{}: {m} (CA {})",
+            config.node.cert.display(),
+            config.node.ca.display()
+        )),
+        other => other,
+    })?;
     info!(
         node = %config.node.name,
         id = %hex(&identity.node_id()[..8]),
@@ -420,6 +426,3 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
     let _ = std::fs::remove_file(&config.control.admin_socket);
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_lc_rs::agreement::{self, X25519};
 use aws_lc_rs::kem::{DecapsulationKey, ML_KEM_1024};
-use aws_lc_rs::rand::SecureRandom;
+use rand_core::RngCore;
 use zeroize::Zeroizing;
 
 use super::messages::{
@@ -18,8 +18,8 @@ use super::messages::{
 use super::{decaps, dh, encaps, tai64n, CipherChoice, Established, HandshakeError, PROLOGUE};
 use crate::cert::{CaPublic, NodeCert};
 use crate::cookie::{open_cookie_reply, StaticKeys};
+use crate::handshake::kdf::{ct_eq, mac16, SymmetricState};
 use crate::identity::Identity;
-use crate::kdf::{ct_eq, mac16, SymmetricState};
 
 /// Cert mode byte: full certificate follows.
 pub(crate) const CERT_FULL: u8 = 0;
@@ -108,7 +108,7 @@ impl Initiator {
         ca: &CaPublic,
         local_index: u32,
         now: Duration,
-        rng: &dyn SecureRandom,
+        rng: &mut dyn RngCore,
     ) -> Result<(InitiatorState<'a>, Vec<u8>), HandshakeError> {
         Self::with_options(
             identity,
@@ -135,7 +135,7 @@ impl Initiator {
         ca: &CaPublic,
         local_index: u32,
         now: Duration,
-        rng: &dyn SecureRandom,
+        rng: &mut dyn RngCore,
         opts: InitiatorOptions,
     ) -> Result<(InitiatorState<'a>, Vec<u8>), HandshakeError> {
         peer.verify(ca, now.as_secs())?;
@@ -151,8 +151,7 @@ impl Initiator {
         ss.mix_hash(&header);
 
         let mut seed = Zeroizing::new([0u8; 32]);
-        rng.fill(seed.as_mut_slice())
-            .map_err(|_| HandshakeError::Crypto("RNG"))?;
+        rng.fill_bytes(seed.as_mut_slice());
         let e = agreement::PrivateKey::from_private_key(&X25519, seed.as_slice())
             .map_err(|_| HandshakeError::Crypto("X25519 ephemeral"))?;
         let e_pub = e

@@ -5,8 +5,8 @@
 //! reserved bytes; accessors after that cannot fail or panic. It never does crypto.
 
 use super::HandshakeError;
+use crate::handshake::kdf::TAG_LEN;
 use crate::identity::{MLKEM_CT_LEN, MLKEM_EK_LEN, X25519_LEN};
-use crate::kdf::TAG_LEN;
 
 /// Message kind byte of an initiation.
 pub const KIND_INITIATION: u8 = 1;

@@ -13,7 +13,9 @@
 //! This module owns the handshake state machines; it never reads a clock, opens a socket or
 //! keeps a secret beyond the state that needs it (all in `Zeroizing` storage).
 
+pub mod driver;
 pub mod initiator;
+pub mod kdf;
 pub mod messages;
 pub mod responder;
 

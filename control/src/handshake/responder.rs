@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_lc_rs::agreement::{self, X25519};
-use aws_lc_rs::rand::SystemRandom;
+use rand_core::RngCore;
 
 use super::initiator::{CERT_FULL, CERT_HASH};
 use super::messages::{KIND_RESPONSE, M1, M2_LEN, MAC_LEN};
@@ -21,8 +21,8 @@ use super::{
 };
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::cookie::{CookieChecker, StaticKeys};
+use crate::handshake::kdf::{ct_eq, SymmetricState, TAG_LEN};
 use crate::identity::{Identity, Reader};
-use crate::kdf::{ct_eq, SymmetricState, TAG_LEN};
 
 /// Most certificates kept for "hash instead of certificate" initiations.
 pub const MAX_CACHED_CERTS: usize = 1024;
@@ -69,7 +69,8 @@ pub struct Responder<'a> {
     ca: CaPublic,
     keys: StaticKeys,
     cookies: CookieChecker,
-    rng: SystemRandom,
+    /// The caller's generator (cookie secrets and nonces).
+    rng: Box<dyn RngCore + Send>,
     last_ts: HashMap<[u8; 32], [u8; 12]>,
     cert_cache: HashMap<[u8; 32], NodeCert>,
     ciphers: Vec<CipherChoice>,
@@ -85,7 +86,8 @@ impl std::fmt::Debug for Responder<'_> {
 }
 
 impl<'a> Responder<'a> {
-    /// A responder for `identity`, whose certificate is `cert`, trusting `ca`.
+    /// A responder for `identity`, whose certificate is `cert`, trusting `ca`; `rng` is the
+    /// caller's generator (the system one in the daemon, a seeded one in the simulator).
     ///
     /// # Errors
     /// [`HandshakeError::Cert`] if `cert` does not belong to `identity` or to `ca`.
@@ -93,6 +95,7 @@ impl<'a> Responder<'a> {
         identity: &'a Identity,
         cert: &NodeCert,
         ca: &CaPublic,
+        mut rng: Box<dyn RngCore + Send>,
     ) -> Result<Self, HandshakeError> {
         if cert.body.public != *identity.public() {
             return Err(HandshakeError::Cert(CertError::Malformed(
@@ -102,10 +105,8 @@ impl<'a> Responder<'a> {
         if cert.issuer != ca.id() {
             return Err(HandshakeError::Cert(CertError::WrongIssuer));
         }
-        let rng = SystemRandom::new();
         let keys = StaticKeys::new(identity.public());
-        let cookies =
-            CookieChecker::new(keys.clone(), &rng).map_err(|_| HandshakeError::Crypto("RNG"))?;
+        let cookies = CookieChecker::new(keys.clone(), &mut *rng);
         Ok(Self {
             identity,
             ca: ca.clone(),
@@ -215,7 +216,7 @@ impl<'a> Responder<'a> {
         if under_load && !mac2_ok {
             let reply = self
                 .cookies
-                .cookie_reply(src, now, m1.sender, m1.mac1(), &self.rng)
+                .cookie_reply(src, now, m1.sender, m1.mac1(), &mut *self.rng)
                 .map_err(|_| HandshakeError::Crypto("cookie reply"))?;
             if !self.cookies.try_send(src, reply.len()) {
                 return Err(HandshakeError::AmplificationLimit);

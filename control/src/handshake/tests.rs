@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
+use crate::rand::SystemRng;
 
 use super::messages::{M1, M2_MAC1_AT, MAC_LEN};
 use super::*;
@@ -51,7 +51,7 @@ fn start<'a>(n: &'a Net, opts: InitiatorOptions, now: Duration) -> (InitiatorSta
         n.ca.public(),
         11,
         now,
-        &SystemRandom::new(),
+        &mut SystemRng::new(),
         opts,
     )
     .unwrap()
@@ -89,7 +89,8 @@ fn reply_confirmed(
 fn both_sides_derive_the_same_keys_for_both_aeads() {
     let n = net();
     for cipher in [CipherChoice::Aes256Gcm, CipherChoice::ChaCha20Poly1305] {
-        let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+        let mut r =
+            Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
         let opts = InitiatorOptions {
             ciphers: vec![cipher],
             ..Default::default()
@@ -119,7 +120,7 @@ fn both_sides_derive_the_same_keys_for_both_aeads() {
 #[test]
 fn responder_preference_falls_back_and_no_common_cipher_fails() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.set_ciphers(vec![CipherChoice::ChaCha20Poly1305]);
     let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
     let (m2, re) = reply(r.handle_initiation(&m1, src(), NOW, false, 1).unwrap());
@@ -139,7 +140,7 @@ fn responder_preference_falls_back_and_no_common_cipher_fails() {
 #[test]
 fn cached_certificate_hash_first_contact_then_hash() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let hash_opts = InitiatorOptions {
         send_cert_hash: true,
         ..Default::default()
@@ -181,7 +182,7 @@ fn cached_certificate_hash_first_contact_then_hash() {
 fn certificate_cache_verifies_on_insert_and_rechecks_validity() {
     let n = net();
     let t = NOW.as_secs();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.mark_validated(src());
     let other = Ca::generate("other").unwrap();
     let foreign = other.sign(request(&n.a, "a", t - 10, t + 10)).unwrap();
@@ -204,7 +205,7 @@ fn certificate_cache_verifies_on_insert_and_rechecks_validity() {
             n.ca.public(),
             1,
             now,
-            &SystemRandom::new(),
+            &mut SystemRng::new(),
             hash_opts.clone(),
         )
         .unwrap()
@@ -227,7 +228,7 @@ fn certificate_cache_verifies_on_insert_and_rechecks_validity() {
 #[test]
 fn every_byte_of_m1_is_authenticated() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (_, m1) = start(&n, InitiatorOptions::default(), NOW);
     let keys = StaticKeys::new(n.b.public());
     let mac1_at = M1::parse(&m1).unwrap().mac1_at;
@@ -254,7 +255,7 @@ fn every_byte_of_m1_is_authenticated() {
 #[test]
 fn every_byte_of_m2_is_authenticated() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
     let (m2, re) = reply(r.handle_initiation(&m1, src(), NOW, false, 5).unwrap());
     let keys = StaticKeys::new(n.a.public());
@@ -281,7 +282,7 @@ fn every_byte_of_m2_is_authenticated() {
 #[test]
 fn cookie_round_trip_and_every_byte_of_the_reply_is_authenticated() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
     let cookie_reply = match r.handle_initiation(&m1, src(), NOW, true, 3).unwrap() {
         ResponderOutput::CookieReply(c) => c,
@@ -319,7 +320,7 @@ fn cookie_round_trip_and_every_byte_of_the_reply_is_authenticated() {
 #[test]
 fn replayed_and_stale_initiations_are_refused() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (_, m1) = start(&n, InitiatorOptions::default(), NOW);
     // Before confirmation nothing is committed: the same M1 is still answerable (the driver
     // refuses duplicates of a pending initiation itself).
@@ -366,7 +367,7 @@ fn other_ca_expired_and_not_yet_valid_certificates_are_refused() {
         n.ca.public(),
         1,
         NOW,
-        &SystemRandom::new(),
+        &mut SystemRng::new(),
     )
     .unwrap_err();
     assert!(matches!(err, HandshakeError::Cert(CertError::WrongIssuer)));
@@ -385,7 +386,7 @@ fn other_ca_expired_and_not_yet_valid_certificates_are_refused() {
             "not yet valid",
         ),
     ];
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.mark_validated(src());
     for (k, (cert, what)) in cases.iter().enumerate() {
         let now = NOW + Duration::from_nanos(k as u64);
@@ -396,7 +397,7 @@ fn other_ca_expired_and_not_yet_valid_certificates_are_refused() {
             n.ca.public(),
             1,
             now,
-            &SystemRandom::new(),
+            &mut SystemRng::new(),
         )
         .unwrap();
         let res = r.handle_initiation(&m1, src(), now, false, 1);
@@ -417,7 +418,7 @@ fn other_ca_expired_and_not_yet_valid_certificates_are_refused() {
         n.ca.public(),
         1,
         NOW,
-        &SystemRandom::new()
+        &mut SystemRng::new()
     )
     .is_err());
 }
@@ -425,7 +426,7 @@ fn other_ca_expired_and_not_yet_valid_certificates_are_refused() {
 #[test]
 fn under_load_no_kem_work_for_unvalidated_sources() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (_, m1) = start(&n, InitiatorOptions::default(), NOW);
     for k in 0..50u16 {
         let s = SocketAddr::from(([203, 0, 113, (k % 200) as u8], 1000 + k));
@@ -458,13 +459,13 @@ fn under_load_no_kem_work_for_unvalidated_sources() {
 #[test]
 fn three_times_rule_holds_across_junk_and_valid_initiations() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let addrs: Vec<SocketAddr> = (1..=4u8)
         .map(|k| SocketAddr::from(([198, 51, 100, k], 5000)))
         .collect();
     let mut rx = [0u64; 4];
     let mut tx = [0u64; 4];
-    let rng = SystemRandom::new();
+    let mut rng = SystemRng::new();
     for step in 0..40u64 {
         let a = (step % 4) as usize;
         let now = NOW + Duration::from_millis(step * 10);
@@ -480,7 +481,7 @@ fn three_times_rule_holds_across_junk_and_valid_initiations() {
             n.ca.public(),
             1,
             now,
-            &rng,
+            &mut rng,
             opts,
         )
         .unwrap();
@@ -537,7 +538,7 @@ fn tai64n_orders_like_time() {
 #[test]
 fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.mark_validated(src());
     let mallory = Identity::generate().unwrap();
     let future = NOW + Duration::from_secs(10 * 365 * 86_400);
@@ -549,7 +550,7 @@ fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
             n.ca.public(),
             66,
             NOW,
-            &SystemRandom::new(),
+            &mut SystemRng::new(),
             InitiatorOptions {
                 send_cert_hash,
                 timestamp: Some(future),
@@ -583,7 +584,7 @@ fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
         n.ca.public(),
         67,
         NOW,
-        &SystemRandom::new(),
+        &mut SystemRng::new(),
         InitiatorOptions {
             send_cert_hash: true,
             timestamp: Some(future),
@@ -602,7 +603,7 @@ fn initiation_forged_from_public_certificates_is_refused_and_changes_nothing() {
 #[test]
 fn timestamps_too_far_ahead_of_our_clock_are_refused() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.mark_validated(src());
     let opts = |ahead: Duration| InitiatorOptions {
         timestamp: Some(NOW + ahead),
@@ -622,7 +623,7 @@ fn timestamps_too_far_ahead_of_our_clock_are_refused() {
 #[test]
 fn our_own_certificate_from_the_network_is_refused() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     r.mark_validated(src());
     // B's own identity and certificate, aimed at B (a reflection).
     let (_, m1) = Initiator::new(
@@ -632,7 +633,7 @@ fn our_own_certificate_from_the_network_is_refused() {
         n.ca.public(),
         3,
         NOW,
-        &SystemRandom::new(),
+        &mut SystemRng::new(),
     )
     .unwrap();
     assert!(matches!(
@@ -644,7 +645,7 @@ fn our_own_certificate_from_the_network_is_refused() {
 #[test]
 fn a_second_cookie_reply_for_one_initiation_is_refused() {
     let n = net();
-    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public()).unwrap();
+    let mut r = Responder::new(&n.b, &n.b_cert, n.ca.public(), Box::new(SystemRng::new())).unwrap();
     let (mut i, m1) = start(&n, InitiatorOptions::default(), NOW);
     let ResponderOutput::CookieReply(c) = r.handle_initiation(&m1, src(), NOW, true, 3).unwrap()
     else {

@@ -10,7 +10,7 @@ use super::{
     TransportError, CONTROL_TYPE, HEADER_LEN, KIND_ACK, MAC_LEN, MAX_DATAGRAM, MAX_FRAGMENTS,
     MAX_FRAGMENT_PAYLOAD, MAX_MESSAGE_LEN,
 };
-use crate::kdf::{ct_eq, sha256};
+use crate::handshake::kdf::{ct_eq, sha256};
 
 /// Domain separation label of the fragment MAC key.
 pub const FRAME_MAC_LABEL: &[u8] = b"shadowmesh fragment mac v1";

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_dataplane::ipc::InstallSession;
+use shadowmesh_ipc::InstallSession;
 
 use crate::cert::{NodeCert, Prefix};
 use crate::identity::hex;
@@ -66,6 +66,8 @@ pub struct Peer {
     pub has_our_cert: bool,
     /// Consecutive initiations that got no answer.
     pub failures: u32,
+    /// Liveness as last probed (`None`: not probed yet); see `crate::node`.
+    pub reachable: Option<bool>,
 }
 
 impl Peer {
@@ -88,6 +90,7 @@ impl Peer {
             next_attempt: Duration::ZERO,
             has_our_cert: false,
             failures: 0,
+            reachable: None,
         }
     }
 

@@ -7,10 +7,11 @@
 //! It must never read a clock or do I/O.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::digest::{self, SHA256, SHA384};
+use aws_lc_rs::digest::{self, SHA384};
 use aws_lc_rs::hkdf::{KeyType, Salt, HKDF_SHA384};
-use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
+
+pub use crate::digest::{ct_eq, mac16, sha256};
 
 /// Length of `ck` and `h` (SHA-384 output).
 pub const HASH_LEN: usize = 48;
@@ -37,36 +38,6 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
     if let Ok(okm) = prk.expand(&info, Len(out.len())) {
         let _ = okm.fill(out);
     }
-}
-
-/// SHA-256 of the concatenation of `parts`.
-#[must_use]
-pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-/// HMAC-SHA256 of `data` under `key`, truncated to 16 bytes (for mac1, mac2 and cookies).
-#[must_use]
-pub fn mac16(key: &[u8], data: &[&[u8]]) -> [u8; 16] {
-    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
-    for d in data {
-        ctx.update(d);
-    }
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&ctx.sign().as_ref()[..16]);
-    out
-}
-
-/// Constant-time equality for MACs.
-#[must_use]
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// AES-256-GCM seal with a key used exactly once (so a zero nonce is safe).
@@ -186,6 +157,7 @@ impl SymmetricState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::hmac;
 
     #[test]
     fn hkdf_sha384_matches_rfc5869_style_vector() {

@@ -24,24 +24,24 @@
 //! data packet confirm the session much later. So an initiation forged from public certificates changes no state
 //! that outlives it. It never reads a clock, opens a socket or logs key material.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
+use rand_core::{RngCore, SeedableRng};
+use shadowmesh_ipc::{DownMsg, InstallSession, Slot, UpMsg};
 use tracing::{debug, info, warn};
 
-use super::peers::{prefixes_overlap, PeerTable, SessionRecord};
-use super::DaemonError;
 use crate::cert::{CaPublic, NodeCert};
 pub use crate::clock::Now;
+use crate::daemon::DaemonError;
 use crate::handshake::messages::{KIND_COOKIE_REPLY, KIND_INITIATION, KIND_RESPONSE};
 use crate::handshake::{
     Admission, CipherChoice, Commit, Established, Initiator, InitiatorEvent, InitiatorOptions,
     InitiatorState, Responder, ResponderOutput,
 };
 use crate::identity::Identity;
+use crate::peers::{prefixes_overlap, PeerTable, SessionRecord};
 use crate::ratelimit::RateLimiter;
 use crate::transport::{
     Budget, FrameKey, RetransmitConfig, RetransmitEvent, Retransmitter, Transport, TransportConfig,
@@ -123,6 +123,28 @@ pub struct DriverStats {
     pub pending_expired: u64,
     /// Confirmations refused because the peer's routes overlap another peer's.
     pub route_conflicts: u64,
+    /// Control messages of other protocols (DHT, NAT) queued while the queue was full.
+    pub other_dropped: u64,
+}
+
+/// Control messages of other kinds queued for [`Driver::poll_message`] at most.
+pub const MAX_OTHER_MESSAGES: usize = 1024;
+
+/// Why a discovered node could not become a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// Its certificate does not verify against our CA now.
+    #[error("its certificate does not verify: {0}")]
+    Cert(#[from] crate::cert::CertError),
+    /// It is us.
+    #[error("the record is our own")]
+    OwnRecord,
+    /// Its addresses overlap a known peer's (its dataplane id).
+    #[error("its addresses overlap those of known peer {0}")]
+    RouteConflict(u32),
+    /// It was disconnected by the operator.
+    #[error("it was disconnected by the operator (use connect)")]
+    Disabled,
 }
 
 struct Pending<'a> {
@@ -170,8 +192,11 @@ pub struct Driver<'a> {
     /// after the wall clock jumped back.
     last_timestamp: Duration,
     settings: Settings,
-    rng: SystemRandom,
+    /// The caller's generator: session indices, message ids, ephemeral keys.
+    rng: Box<dyn RngCore + Send>,
     next_msg_id: u32,
+    /// Reassembled control messages of other kinds (DHT, NAT), for their protocols.
+    other: VecDeque<(SocketAddr, u8, Vec<u8>)>,
     load: LoadMeter,
     stats: DriverStats,
 }
@@ -210,7 +235,9 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 impl<'a> Driver<'a> {
-    /// A driver for `identity` with certificate `my_cert`, trusting `ca`, with static `peers`.
+    /// A driver for `identity` with certificate `my_cert`, trusting `ca`, with static `peers`;
+    /// `rng` is the caller's generator (`crate::rand::SystemRng` in the daemon, a seeded one
+    /// in the simulator and tests), so the same seed makes the same decisions.
     /// Our certificate must verify at `now`; a peer whose certificate does not verify (other
     /// CA, expired) is refused and logged by address, never added.
     ///
@@ -223,17 +250,17 @@ impl<'a> Driver<'a> {
         peers: Vec<PeerSpec>,
         settings: Settings,
         now: impl Into<Now>,
+        mut rng: Box<dyn RngCore + Send>,
     ) -> Result<Self, DaemonError> {
         let now = now.into();
         my_cert
             .verify(&ca, now.wall.as_secs())
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
-        let responder = Responder::new(identity, &my_cert, &ca)
+        // The responder's own stream (cookie secrets) is a ChaCha20 child of the caller's.
+        let child = rand_chacha::ChaCha20Rng::from_rng(&mut rng);
+        let responder = Responder::new(identity, &my_cert, &ca, Box::new(child))
             .map_err(|e| DaemonError::OwnCert(e.to_string()))?;
-        let rng = SystemRandom::new();
-        let mut seed = [0u8; 4];
-        rng.fill(&mut seed)
-            .map_err(|_| DaemonError::Crypto("random message id"))?;
+        let seed = rng.next_u32().to_le_bytes();
         let frame_key = FrameKey::for_network(&ca.id());
         let mut d = Self {
             identity,
@@ -253,6 +280,7 @@ impl<'a> Driver<'a> {
             settings,
             rng,
             next_msg_id: u32::from_le_bytes(seed),
+            other: VecDeque::new(),
             load: LoadMeter {
                 window: (0, 0),
                 threshold: settings.load_threshold,
@@ -624,7 +652,7 @@ impl<'a> Driver<'a> {
     /// confirmed peer's, which it must not take over.
     fn admit_new_peer(&mut self, pend: &PendingResponder, out: &mut Vec<DownMsg>) -> bool {
         let name = pend.cert.body.name.clone();
-        let mut probe = super::peers::Peer::new(pend.peer, name, pend.cert.clone(), None);
+        let mut probe = crate::peers::Peer::new(pend.peer, name, pend.cert.clone(), None);
         probe.dynamic = true;
         let routes = probe.routes();
         let clash = self.peers.iter().find(|p| {
@@ -703,9 +731,7 @@ impl<'a> Driver<'a> {
     fn fresh_index(&mut self) -> Option<u32> {
         // Bounded: with at most a few thousand indices in use, a collision is ~1e-6 per try.
         for _ in 0..16 {
-            let mut b = [0u8; 4];
-            self.rng.fill(&mut b).ok()?;
-            let i = u32::from_le_bytes(b);
+            let i = self.rng.next_u32();
             if i != 0 && self.used_indices.insert(i) {
                 return Some(i);
             }
@@ -737,6 +763,159 @@ impl<'a> Driver<'a> {
             })),
             Err(e) => warn!(%dst, "handshake message not sent: {e}"),
         }
+    }
+
+    /// A reassembled control message of a kind other than the handshake's (the DHT's), in
+    /// arrival order, for the protocol that owns it.
+    pub fn poll_message(&mut self) -> Option<(SocketAddr, u8, Vec<u8>)> {
+        self.other.pop_front()
+    }
+
+    /// Sends `msg` of `kind` (another protocol's: the DHT) through the control transport,
+    /// repaired within `budget`; the datagrams are returned as dataplane requests.
+    #[must_use]
+    pub fn send_message(
+        &mut self,
+        dst: SocketAddr,
+        kind: u8,
+        msg: &[u8],
+        budget: Budget,
+        now: Duration,
+    ) -> Vec<DownMsg> {
+        let id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        match self
+            .transport
+            .send(dst, kind, id, msg, budget, None, Some(now))
+        {
+            Ok(frags) => frags
+                .into_iter()
+                .map(|t| DownMsg::SendControl {
+                    dst: t.dst,
+                    payload: t.payload,
+                })
+                .collect(),
+            Err(e) => {
+                warn!(%dst, kind, "control message not sent: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A node found by discovery (its record's certificate and endpoint) becomes a peer, or an
+    /// existing peer gets the endpoint when it has none or `replace` is set; a handshake
+    /// starts at once unless one is in flight or a session is live. Returns its peer id.
+    ///
+    /// # Errors
+    /// [`DiscoverError`]: the certificate does not verify, it is us, its addresses overlap a
+    /// known peer's, or the operator disconnected it.
+    pub fn add_discovered(
+        &mut self,
+        cert: NodeCert,
+        endpoint: SocketAddr,
+        replace: bool,
+        now: impl Into<Now>,
+    ) -> Result<(u32, Vec<DownMsg>), DiscoverError> {
+        let now = now.into();
+        let mut out = Vec::new();
+        cert.verify(&self.ca, now.wall.as_secs())?;
+        let node_id = cert.node_id();
+        if node_id == self.my_node_id {
+            return Err(DiscoverError::OwnRecord);
+        }
+        let id = match self.peers.by_node(&node_id) {
+            Some(id) => {
+                let Some(p) = self.peers.get_mut(id) else {
+                    return Err(DiscoverError::Disabled);
+                };
+                if !p.enabled {
+                    return Err(DiscoverError::Disabled);
+                }
+                if p.endpoint.is_none() || (replace && p.endpoint != Some(endpoint)) {
+                    p.endpoint = Some(endpoint);
+                    out.push(DownMsg::SetEndpoint {
+                        peer: id,
+                        addr: endpoint,
+                    });
+                }
+                id
+            }
+            None => {
+                let mut peer = crate::peers::Peer::new(
+                    self.peers.reserve_id(),
+                    cert.body.name.clone(),
+                    cert.clone(),
+                    Some(endpoint),
+                );
+                peer.dynamic = true;
+                let routes = peer.routes();
+                if let Some(other) = self.peers.iter().find(|p| {
+                    p.routes()
+                        .iter()
+                        .any(|a| routes.iter().any(|b| prefixes_overlap(*a, *b)))
+                }) {
+                    self.stats.route_conflicts += 1;
+                    return Err(DiscoverError::RouteConflict(other.id));
+                }
+                let id = peer.id;
+                if !self.peers.insert(peer) {
+                    return Err(DiscoverError::OwnRecord);
+                }
+                info!(%endpoint, "peer discovered");
+                // Verified just above: the responder may take it as cached.
+                let _ = self.responder.cache_cert(cert, now.wall);
+                out.push(DownMsg::SetRoutes {
+                    peer: id,
+                    prefixes: routes,
+                });
+                out.push(DownMsg::SetEndpoint {
+                    peer: id,
+                    addr: endpoint,
+                });
+                id
+            }
+        };
+        let idle = self.peers.get(id).is_some_and(|p| {
+            p.in_flight.is_none()
+                && p.live_session(now.mono, self.settings.reject_after)
+                    .is_none()
+        });
+        if idle {
+            if let Some(p) = self.peers.get_mut(id) {
+                p.next_attempt = now.mono;
+                p.failures = 0;
+            }
+            self.initiate(id, now, false, &mut out);
+        }
+        Ok((id, out))
+    }
+
+    /// Liveness as probed by the node (shown in status); a peer that comes back after being
+    /// unreachable is handshaken anew at once (it may have restarted and lost its sessions).
+    #[must_use]
+    pub fn set_reachable(
+        &mut self,
+        peer: u32,
+        reachable: bool,
+        now: impl Into<Now>,
+    ) -> Vec<DownMsg> {
+        let now = now.into();
+        let mut out = Vec::new();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return out;
+        };
+        let was = p.reachable.replace(reachable);
+        if reachable && was == Some(false) && p.enabled {
+            info!(peer = %p.name, "peer reachable again; handshaking anew");
+            p.next_attempt = now.mono;
+            p.failures = 0;
+            if p.in_flight.is_none() {
+                self.initiate(peer, now, false, &mut out);
+            }
+        } else if !reachable && was != Some(false) {
+            info!(peer = %p.name, endpoint = ?p.endpoint, "peer unreachable");
+        }
+        out
     }
 
     fn drop_pending(&mut self, peer: u32) {
@@ -785,7 +964,7 @@ impl<'a> Driver<'a> {
             &self.ca,
             index,
             now.wall,
-            &self.rng,
+            &mut *self.rng,
             opts,
         ) {
             Ok((state, m1)) => {
@@ -845,7 +1024,12 @@ impl<'a> Driver<'a> {
             }
         };
         if msg.kind != KIND_HANDSHAKE {
-            debug!(%src, kind = msg.kind, "control message of a kind not handled yet");
+            // Another protocol's message (the DHT): its owner takes it with `poll_message`.
+            if self.other.len() >= MAX_OTHER_MESSAGES {
+                self.stats.other_dropped += 1;
+            } else {
+                self.other.push_back((src, msg.kind, msg.payload));
+            }
             return;
         }
         match msg.payload.first() {
@@ -1068,10 +1252,8 @@ impl<'a> Driver<'a> {
     /// initiator, `Next` (pending key confirmation) for the responder.
     fn install_message(&self, est: &Established, peer: u32) -> InstallSession {
         let cipher = match est.cipher {
-            CipherChoice::Aes256Gcm => shadowmesh_dataplane::ipc::proto::CIPHER_AES_256_GCM,
-            CipherChoice::ChaCha20Poly1305 => {
-                shadowmesh_dataplane::ipc::proto::CIPHER_CHACHA20_POLY1305
-            }
+            CipherChoice::Aes256Gcm => shadowmesh_ipc::proto::CIPHER_AES_256_GCM,
+            CipherChoice::ChaCha20Poly1305 => shadowmesh_ipc::proto::CIPHER_CHACHA20_POLY1305,
         };
         InstallSession {
             peer,
@@ -1128,3 +1310,6 @@ impl<'a> Driver<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,9 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_dataplane::ipc::{DownMsg, InstallSession, Slot, UpMsg};
+use crate::rand::SystemRng;
+use shadowmesh_ipc::{DownMsg, InstallSession, Slot, UpMsg};
 
-use super::sessions::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER};
+use super::{Driver, PeerSpec, Settings, MAX_PENDING_PER_PEER};
 use crate::cert::{Ca, NodeCert, NodeCertRequest};
 use crate::clock::Now;
 use crate::handshake::{Initiator, InitiatorOptions};
@@ -78,6 +79,7 @@ fn driver<'a>(id: &'a Identity, me: &NodeCert, n: &Net, peers: Vec<(NodeCert, u8
         specs,
         Settings::default(),
         T0,
+        Box::new(SystemRng::new()),
     )
     .unwrap()
 }
@@ -95,6 +97,7 @@ fn driver_under_load(n: &Net, peers: Vec<PeerSpec>) -> Driver<'_> {
         peers,
         settings,
         T0,
+        Box::new(SystemRng::new()),
     )
     .unwrap()
 }
@@ -307,6 +310,7 @@ fn peer_of_another_ca_is_refused() {
         vec![],
         Settings::default(),
         T0 + Duration::from_secs(90_000),
+        Box::new(SystemRng::new()),
     );
     assert!(expired.unwrap_err().to_string().contains("expired"));
 }
@@ -544,7 +548,7 @@ fn forge(
         n.ca.public(),
         0x0bad_0000 | (timestamp.subsec_nanos() & 0xffff),
         now.wall,
-        &aws_lc_rs::rand::SystemRandom::new(),
+        &mut SystemRng::new(),
         InitiatorOptions {
             timestamp: Some(timestamp),
             ..InitiatorOptions::default()
@@ -828,7 +832,7 @@ fn under_load_a_proven_source_is_rate_limited() {
             endpoint: addr(1),
         }],
     );
-    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let mut rng = SystemRng::new();
     let opts = |k: u32, cookie| InitiatorOptions {
         cookie,
         timestamp: Some(T0 + Duration::from_micros(u64::from(k))),
@@ -849,7 +853,7 @@ fn under_load_a_proven_source_is_rate_limited() {
         n.ca.public(),
         1,
         T0,
-        &rng,
+        &mut rng,
         opts(0, None),
     )
     .unwrap();
@@ -877,7 +881,7 @@ fn under_load_a_proven_source_is_rate_limited() {
             n.ca.public(),
             10 + k,
             T0,
-            &rng,
+            &mut rng,
             opts(k, cookie),
         )
         .unwrap();
