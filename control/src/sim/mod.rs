@@ -16,7 +16,9 @@
 
 // pub mod dht;
 pub mod ids;
+pub mod kad;
 pub mod net;
+pub mod scenario;
 pub mod toy;
 pub mod wire;
 
@@ -37,6 +39,14 @@ pub const WALL_EPOCH: Duration = Duration::from_secs(1_790_000_000);
 /// Most timeouts a node may ask for at one instant before the engine defers it by 1 µs (a node
 /// whose `poll_timeout` never advances must not stall virtual time).
 const SAME_INSTANT_TIMEOUTS: u32 = 64;
+
+/// Serialises a duration as fractional seconds (summaries are read by people and scripts).
+///
+/// # Errors
+/// The serialiser's.
+pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
 
 /// A simulated node: the sans-IO interface of the control plane's state machines.
 pub trait SimNode {

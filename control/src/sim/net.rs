@@ -44,8 +44,10 @@ pub fn node_addr(i: usize) -> SocketAddr {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct NetConfig {
     /// Shortest one-way latency of a pair.
+    #[serde(serialize_with = "crate::sim::secs")]
     pub min_one_way: Duration,
     /// Longest one-way latency of a pair.
+    #[serde(serialize_with = "crate::sim::secs")]
     pub max_one_way: Duration,
     /// Probability that a datagram is lost, in parts per million.
     pub loss_ppm: u32,
