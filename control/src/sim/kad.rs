@@ -809,3 +809,89 @@ pub fn run_scenario(
     };
     super::scenario::run("reference-kademlia", cfg, make, &keys, progress)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rand::SeededRng;
+    use rand_core::SeedableRng;
+
+    fn node(b: u8) -> Kad {
+        let id = [b; 32];
+        Kad::new(
+            id,
+            KadConfig::default(),
+            Published { owner: id, seq: 1 },
+            vec![id],
+        )
+    }
+
+    fn sa(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, i], 4500))
+    }
+
+    fn store_msg(from: u8, key: Id, owner: Id, seq: u64) -> Vec<u8> {
+        let mut m = head(STORE, 1, &[from; 32]);
+        m.extend_from_slice(&key);
+        m.extend_from_slice(&owner);
+        m.extend_from_slice(&seq.to_le_bytes());
+        m
+    }
+
+    #[test]
+    fn a_lower_or_equal_seq_does_not_replace_a_record() {
+        let mut n = node(1);
+        let mut rng = SeededRng::seed_from_u64(1);
+        let now = Now::both(Duration::ZERO);
+        let key = [9; 32];
+        n.handle_message(sa(2), &store_msg(2, key, [9; 32], 5), now, &mut rng);
+        n.handle_message(sa(3), &store_msg(3, key, [9; 32], 4), now, &mut rng);
+        n.handle_message(sa(3), &store_msg(3, key, [9; 32], 5), now, &mut rng);
+        assert_eq!(n.store.get(&key).map(|p| p.seq), Some(5));
+        assert_eq!(n.stats.stores, 1);
+        // Truncated messages are counted drops.
+        let m = store_msg(2, key, [9; 32], 6);
+        for cut in 0..m.len() {
+            n.handle_message(sa(2), &m[..cut], now, &mut rng);
+        }
+        assert_eq!(n.stats.malformed as usize, m.len());
+        assert_eq!(n.store.get(&key).map(|p| p.seq), Some(5));
+    }
+
+    #[test]
+    fn a_liar_answers_without_the_value_and_with_far_contacts() {
+        let mut n = node(0);
+        let mut rng = SeededRng::seed_from_u64(2);
+        let now = Now::both(Duration::ZERO);
+        for b in 1..=40u8 {
+            n.learn(Contact {
+                id: [b; 32],
+                addr: sa(b),
+            });
+        }
+        let key = [1; 32];
+        n.handle_message(sa(50), &store_msg(50, key, [1; 32], 1), now, &mut rng);
+        let mut find = head(FIND, 77, &[50; 32]);
+        find.extend_from_slice(&key);
+        find.push(1);
+        n.handle_message(sa(50), &find, now, &mut rng);
+        let mut reply = None;
+        while let Some((_, m)) = n.poll_transmit() {
+            if m.first() == Some(&NODES) {
+                reply = Some(m);
+            }
+        }
+        let reply = reply.unwrap();
+        let honest = parse_nodes(&mut header(&reply).unwrap().3).unwrap();
+        assert!(honest.0.is_some());
+        let lie = n.lie(&reply).unwrap();
+        let (t, tx, _, mut r) = header(&lie).unwrap();
+        assert_eq!((t, tx), (NODES, 77));
+        let lied = parse_nodes(&mut r).unwrap();
+        assert!(lied.0.is_none());
+        let worst_honest = honest.1.iter().map(|c| xor(&c.id, &key)).max().unwrap();
+        assert!(lied.1.iter().all(|c| xor(&c.id, &key) > worst_honest));
+        // Other messages pass unchanged.
+        assert!(n.lie(&store_msg(1, key, key, 1)).is_none());
+    }
+}
