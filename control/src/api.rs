@@ -164,6 +164,8 @@ pub enum Route {
     Connect,
     /// `POST /v1/disconnect`.
     Disconnect,
+    /// `GET /v1/dht`.
+    Dht,
 }
 
 /// Maps a method and path to a route: 404 for an unknown path, 405 for a known path with
@@ -178,6 +180,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, (u16, &'static str)> {
         "/v1/peers" => ("GET", Route::Peers),
         "/v1/connect" => ("POST", Route::Connect),
         "/v1/disconnect" => ("POST", Route::Disconnect),
+        "/v1/dht" => ("GET", Route::Dht),
         _ => return Err((404, "no such path")),
     };
     if method == want {
@@ -321,6 +324,10 @@ pub struct PeerInfo {
     pub handshaking: bool,
     /// Consecutive unanswered initiations.
     pub failures: u32,
+    /// Liveness probe result: `None` not probed yet, `false` unreachable (see
+    /// `docs/operating.md`: shown within 17 s of the peer going away).
+    #[serde(default)]
+    pub reachable: Option<bool>,
     /// Bytes received (dataplane counters).
     pub rx_bytes: u64,
     /// Bytes sent.
@@ -345,6 +352,79 @@ pub struct StatusReply {
     pub handshakes: HandshakeInfo,
     /// Per-peer summary.
     pub peers: Vec<PeerInfo>,
+    /// The DHT (also `GET /v1/dht`).
+    #[serde(default)]
+    pub dht: DhtInfo,
+}
+
+/// The DHT, in `/v1/status` and `GET /v1/dht`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DhtInfo {
+    /// We offer to enter others' routing tables.
+    pub server: bool,
+    /// Bootstrap addresses from the configuration.
+    pub bootstrap: Vec<String>,
+    /// Our addresses as other nodes saw them (STUN-like echoes), with how many reported each.
+    pub observed: Vec<(String, u32)>,
+    /// The endpoints our published record carries.
+    pub published: Vec<String>,
+    /// Sequence number of our published record (0: not published yet).
+    pub record_seq: u64,
+    /// The routing table.
+    pub contacts: Vec<ContactRow>,
+    /// Records we store for others.
+    pub records: Vec<RecordRow>,
+    /// The latest lookups, newest last.
+    pub lookups: Vec<LookupRow>,
+    /// Counters (messages, drops by cause, stores).
+    pub stats: std::collections::BTreeMap<String, u64>,
+}
+
+/// One routing-table contact.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContactRow {
+    /// Node id, hex (first 8 bytes).
+    pub node_id: String,
+    /// Its address.
+    pub addr: String,
+    /// Bucket index (leading zero bits of the XOR distance to us).
+    pub bucket: u32,
+    /// Seconds since we last heard from it.
+    pub last_seen_secs: u64,
+}
+
+/// One stored record.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RecordRow {
+    /// The key it is stored under, hex (first 8 bytes).
+    pub key: String,
+    /// The record's node, hex (first 8 bytes).
+    pub node_id: String,
+    /// The node's certificate name.
+    pub name: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Seconds until it expires.
+    pub expires_in_secs: u64,
+    /// Its endpoints.
+    pub endpoints: Vec<String>,
+}
+
+/// One recent lookup.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct LookupRow {
+    /// What was looked up (a name, an address, a node id prefix).
+    pub target: String,
+    /// Why (`destination`, `connect`, `join`, `refresh`, `liveness`).
+    pub purpose: String,
+    /// A valid record was found.
+    pub found: bool,
+    /// Hops of the path that ended it.
+    pub hops: u32,
+    /// Nodes queried.
+    pub queried: u32,
+    /// Duration, milliseconds.
+    pub millis: u64,
 }
 
 /// `GET /v1/peers`.
@@ -596,6 +676,10 @@ async fn dispatch(
         },
         Route::Peers => match snapshot(calls, bridge).await {
             Some(s) => json(serde_json::to_string(&PeersReply { peers: s.peers })),
+            None => (503, error_body("the control plane is shutting down")),
+        },
+        Route::Dht => match snapshot(calls, bridge).await {
+            Some(s) => json(serde_json::to_string(&s.dht)),
             None => (503, error_body("the control plane is shutting down")),
         },
         Route::Connect | Route::Disconnect => {

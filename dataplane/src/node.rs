@@ -210,10 +210,7 @@ fn forward_events(
         };
         let msg = match e {
             Event::ControlReceived { src, payload } => UpMsg::ControlReceived { src, payload },
-            Event::NoSession { peer, dst } => UpMsg::NoSession {
-                peer: Some(peer),
-                dst,
-            },
+            Event::NoSession { peer, dst } => UpMsg::NoSession { peer, dst },
             Event::RekeyNeeded { peer, local_index } => UpMsg::RekeyNeeded { peer, local_index },
             Event::EndpointChanged { peer, addr } => UpMsg::EndpointChanged { peer, addr },
             Event::SessionConfirmed { peer, local_index } => {
@@ -315,6 +312,19 @@ impl IpcHandler for EngineHandler<'_> {
                 });
                 Ok(None)
             }
+            DownMsg::SetSources { peer, prefixes } => {
+                for &(addr, len) in &prefixes {
+                    let max = if addr.is_ipv4() { 32 } else { 128 };
+                    if len > max {
+                        return Err(format!("prefix {addr}/{len}: length must be at most {max}"));
+                    }
+                }
+                self.engine.broadcast(&Command::SetSources {
+                    peer,
+                    prefixes: prefixes.into(),
+                });
+                Ok(None)
+            }
             DownMsg::SetEndpoint { peer, addr } => {
                 self.engine.broadcast(&Command::SetEndpoint { peer, addr });
                 Ok(None)
@@ -391,6 +401,8 @@ fn worker_stats(t: &WorkerTotals) -> WorkerStats {
         tx_bytes: t.tun_rx_bytes,
         drops,
         uring_enters: t.enters,
+        held: t.held,
+        hold_flushed: t.hold_flushed,
     }
 }
 
@@ -408,6 +420,8 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::SourceNotAllowed => P::SourceNotAllowed,
         DropCause::NoBuffer | DropCause::EventQueueFull => P::QueueFull,
         DropCause::ControlRateLimited => P::ControlRateLimited,
+        DropCause::HoldExpired => P::HoldExpired,
+        DropCause::HoldOverflow => P::HoldOverflow,
     };
     p.index()
 }

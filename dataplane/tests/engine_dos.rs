@@ -396,7 +396,7 @@ fn events_arrive_while_the_control_datagram_queue_is_full() {
     assert_eq!(
         p.b.take_events(),
         vec![Event::NoSession {
-            peer: PEER_C,
+            peer: Some(PEER_C),
             dst: c_v4
         }]
     );
@@ -416,7 +416,7 @@ fn fill_event_queue(p: &mut Pair, on_a: bool) -> Event {
     let n = if on_a { &p.a } else { &p.b };
     assert_eq!(n.events.len(), 1, "queue not full");
     Event::NoSession {
-        peer: PEER_C,
+        peer: Some(PEER_C),
         dst: c_v4,
     }
 }

@@ -444,23 +444,45 @@ fn inner_source_outside_the_peers_prefixes_is_dropped() {
 }
 
 #[test]
-fn unrouted_destination_is_no_route() {
+fn unrouted_destination_is_held_in_the_overlay_and_no_route_outside() {
     let mut p = plain_pair();
+    let c4: IpAddr = "100.64.9.9".parse().expect("addr");
+    let c6: IpAddr = "fd00::9".parse().expect("addr");
+    p.a.wire.inject_tun(&udp_packet(A_V4, c4, 64, 1));
+    p.a.wire.inject_tun(&udp_packet(A_V6, c6, 64, 2));
+    // Outside the overlay: no lookup can find it, dropped at once.
     p.a.wire.inject_tun(&udp_packet(
         A_V4,
-        "100.64.9.9".parse().expect("addr"),
+        "203.0.113.9".parse().expect("addr"),
         64,
-        1,
+        3,
     ));
-    p.a.wire
-        .inject_tun(&udp_packet(A_V6, "fd00::9".parse().expect("addr"), 64, 2));
     // Not an IP packet at all.
     p.a.wire.inject_tun(&[0x00; 40]);
     p.pump();
-    assert_eq!(p.a.drops(DropCause::NoRoute), 2);
+    assert_eq!(p.a.drops(DropCause::NoRoute), 1);
     assert_eq!(p.a.drops(DropCause::BadInnerPacket), 1);
+    assert_eq!(p.a.totals().held, 2);
     assert_eq!(p.a.totals().udp_tx_datagrams, 0);
-    assert!(p.a.take_events().is_empty());
+    // The control plane is asked to look both destinations up (no peer known).
+    assert_eq!(
+        p.a.take_events(),
+        vec![
+            Event::NoSession {
+                peer: None,
+                dst: c4
+            },
+            Event::NoSession {
+                peer: None,
+                dst: c6
+            }
+        ]
+    );
+    // Nobody answers: they expire.
+    advance(Duration::from_secs(3));
+    p.pump();
+    assert_eq!(p.a.drops(DropCause::HoldExpired), 2);
+    assert_eq!(p.a.worker.held(), (0, 0));
     assert_flows(&mut p, 4);
     p.assert_clean();
 }
@@ -469,27 +491,36 @@ fn unrouted_destination_is_no_route() {
 fn no_session_event_at_most_once_per_second() {
     let mut p = Pair::without_sessions(FakeConfig::plain());
     p.settle_commands();
-    let pkt = udp_packet(A_V4, B_V4, 64, 1);
     let mut events = Vec::new();
+    let mut sent = Vec::new();
     // 3.5 s of traffic, one packet every 100 ms: events at 0, 1, 2 and 3 s.
-    for _ in 0..=35 {
+    for i in 0..=35 {
+        let pkt = udp_packet(A_V4, B_V4, 64, i);
         p.a.wire.inject_tun(&pkt);
+        sent.push(pkt);
         p.pump();
         events.extend(p.a.take_events());
         advance(Duration::from_millis(100));
     }
     let want = Event::NoSession {
-        peer: PEER_B,
+        peer: Some(PEER_B),
         dst: B_V4,
     };
     assert_eq!(events, vec![want; 4]);
-    assert_eq!(p.a.drops(DropCause::NoSession), 36);
-    assert_eq!(p.a.peer_drops(PEER_B, DropCause::NoSession), 36);
+    // Held, not dropped; at the last turn (3.5 s) those read at 0..=0.5 s were 3 s old: expired.
+    assert_eq!(p.a.drops(DropCause::NoSession), 0);
+    assert_eq!(p.a.totals().held, 36);
+    assert_eq!(p.a.drops(DropCause::HoldExpired), 6);
     assert_eq!(p.a.totals().udp_tx_datagrams, 0);
-    // The handshake completes: traffic flows, no more events.
+    // The handshake completes: the held packets arrive in order, traffic flows, no more events.
     let (sa, sb) = session_pair(A_INDEX, B_INDEX, 9, clock(), Limits::DEFAULT);
     p.install(sa, Slot::Current, sb, Slot::Current);
-    assert_flows(&mut p, 5);
+    p.pump();
+    // At 3.6 s the one read at 0.6 s has expired too; the 29 younger ones arrive.
+    assert_eq!(p.a.drops(DropCause::HoldExpired), 7);
+    assert_eq!(p.b.wire.take_tun(), sent[7..].to_vec());
+    assert_eq!(p.a.totals().hold_flushed, 29);
+    assert_flows(&mut p, 50);
     assert!(p.a.take_events().is_empty());
     p.assert_clean();
 }
@@ -509,7 +540,7 @@ fn no_session_event_for_a_peer_with_routes_only() {
     assert_eq!(
         p.a.take_events(),
         vec![Event::NoSession {
-            peer: PEER_C,
+            peer: Some(PEER_C),
             dst: c_v4
         }],
         "drops: {:?}",

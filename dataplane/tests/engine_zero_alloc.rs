@@ -12,7 +12,13 @@ mod engine_common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use engine_common::*;
+use shadowmesh_dataplane::engine::counters::DropCause;
+use shadowmesh_dataplane::engine::{Command, Slot};
 use shadowmesh_dataplane::session::Limits;
 
 struct Counting;
@@ -156,4 +162,88 @@ fn steady_state_allocates_nothing() {
     assert!(allocs() > after);
     arm(false);
     drop(v);
+}
+
+/// One cycle of holding and flushing: A loses its session to B, reads `k` packets to B and
+/// `k` to unrouted overlay destinations (all held, the control plane asked), gets the session
+/// back (the `k` to B flushed and delivered) and lets the rest expire.
+fn hold_cycle(
+    p: &mut Pair,
+    session: &Arc<shadowmesh_dataplane::session::Session>,
+    k: usize,
+    reads: &[Vec<u8>],
+    unrouted: &[Vec<u8>],
+) -> u64 {
+    p.a.command(Command::RemoveSession {
+        local_index: A_INDEX,
+    });
+    p.settle_commands();
+    for i in 0..k {
+        p.a.wire.inject_tun(&reads[i % reads.len()]);
+        p.a.wire.inject_tun(&unrouted[i % unrouted.len()]);
+    }
+    p.pump();
+    let _ = p.a.events.try_iter().count();
+    p.a.command(Command::InstallSession {
+        peer: PEER_B,
+        slot: Slot::Current,
+        session: Arc::clone(session),
+    });
+    p.pump();
+    let mut delivered = 0u64;
+    p.b.wire.drain_tun(|_| delivered += 1);
+    advance(Duration::from_secs(4));
+    p.pump();
+    delivered
+}
+
+#[test]
+fn holding_and_flushing_allocate_nothing_per_packet() {
+    let mut p = Pair::without_sessions(FakeConfig::offload());
+    // Long-lived keys: the cycles take minutes of fake time.
+    let limits = Limits {
+        rekey_after_time: Duration::from_secs(100_000),
+        reject_after_time: Duration::from_secs(100_000),
+        ..Limits::DEFAULT
+    };
+    let (sa, sb) = session_pair(A_INDEX, B_INDEX, 21, T0, limits);
+    p.install(Arc::clone(&sa), Slot::Current, sb, Slot::Current);
+    p.settle_commands();
+    let reads: Vec<Vec<u8>> = (0..16u32)
+        .map(|i| with_vnet_none(&udp_packet(A_V4, B_V4, 100 + 50 * i as usize, i)))
+        .collect();
+    let unrouted: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| with_vnet_none(&udp_packet(A_V4, IpAddr::from([100, 64, 200, i]), 600, 0)))
+        .collect();
+    for _ in 0..8 {
+        hold_cycle(&mut p, &sa, 30, &reads, &unrouted);
+    }
+    // The same number of cycles (hence of commands, whose channel allocates in blocks) with
+    // 1 and with 30 packets of each kind: the allocations must not depend on the packets.
+    const CYCLES: usize = 31;
+    let measure = |p: &mut Pair, k: usize| {
+        arm(true);
+        let before = allocs();
+        let mut delivered = 0;
+        for _ in 0..CYCLES {
+            delivered += hold_cycle(p, &sa, k, &reads, &unrouted);
+        }
+        let n = allocs() - before;
+        arm(false);
+        assert_eq!(delivered, (CYCLES * k) as u64, "held packets lost");
+        n
+    };
+    let few = measure(&mut p, 1);
+    let many = measure(&mut p, 30);
+    assert_eq!(
+        many, few,
+        "holding 30 packets per cycle allocated {many}, holding 1 allocated {few}"
+    );
+    assert!(
+        few <= 2 * CYCLES as u64,
+        "{few} allocations in {CYCLES} cycles"
+    );
+    assert!(p.a.totals().held > 0 && p.a.totals().hold_flushed > 0);
+    assert!(p.a.drops(DropCause::HoldExpired) > 0);
+    p.assert_clean();
 }

@@ -55,6 +55,7 @@ pub fn all() -> Vec<Seed> {
     add("ipc", ipc());
     add("config", configs());
     add("api_request", requests());
+    add("dht_record", dht_records());
     out
 }
 
@@ -270,6 +271,8 @@ fn ipc() -> Named {
             tx_bytes: 4,
             drops: [5; DROP_CAUSES],
             uring_enters: 6,
+            held: 7,
+            hold_flushed: 8,
         }],
         peers: vec![PeerStats {
             peer: 1,
@@ -464,5 +467,36 @@ fn requests() -> Named {
             b"POST /v1/connect HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
         ),
         ("partial", b"GET /v1/status HTTP/1.1\r\nHo".to_vec()),
+    ]
+}
+
+/// Node records signed by the fixture nodes: full-cert and hash form, with relays, the
+/// endpoint maximum.
+fn dht_records() -> Named {
+    use shadowmesh_control::dht::record::{NodeRecord, MAX_ENDPOINTS};
+    let n = net();
+    let t = NOW.as_secs();
+    let eps = vec![
+        src(),
+        SocketAddr::new(IpAddr::V6("2001:db8::7".parse().expect("v6")), 51_820),
+    ];
+    let a =
+        NodeRecord::sign(&n.a, &n.a_cert, eps.clone(), vec![], 1, t + 600).expect("sign record A");
+    let b = NodeRecord::sign(&n.b, &n.b_cert, eps, vec![n.a.node_id(); 2], 7, t + 3000)
+        .expect("sign record B");
+    let many = NodeRecord::sign(
+        &n.a,
+        &n.a_cert,
+        vec![src(); MAX_ENDPOINTS],
+        vec![],
+        2,
+        t + 60,
+    )
+    .expect("sign record max");
+    vec![
+        ("a-full", a.encode(true)),
+        ("a-hash", a.encode(false)),
+        ("b-relays-hash", b.encode(false)),
+        ("max-endpoints-full", many.encode(true)),
     ]
 }

@@ -17,6 +17,8 @@ use shadowmesh_control::armor;
 use shadowmesh_control::cert::{CaPublic, NodeCert};
 use shadowmesh_control::config::Config;
 use shadowmesh_control::cookie::{CookieChecker, StaticKeys};
+use shadowmesh_control::dht::certs::CertCache;
+use shadowmesh_control::dht::record::{NodeRecord, MAX_RECORD_LEN};
 use shadowmesh_control::handshake::messages::{
     CookieReply, COOKIE_REPLY_LEN, M1, M2, M2_LEN, M2_MAC1_AT, MAC_LEN,
 };
@@ -51,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ipc", ipc),
     ("config", config),
     ("api_request", api_request),
+    ("dht_record", dht_record),
 ];
 
 /// The target called `name`.
@@ -460,4 +463,34 @@ pub fn api_request(data: &[u8]) {
     let _ = api::route(&req.method, &req.path);
     // The server reads the body of connect/disconnect this way (api.rs, `dispatch`).
     let _ = serde_json::from_slice::<api::PeerRequest>(&req.body);
+}
+
+/// DHT node records: `NodeRecord::decode` (full-cert and hash form, the fixture certificates
+/// known by hash), the re-encoding round trip, `verify` at [`NOW`] (only records whose
+/// certificate is a fixture one may verify) and `keys`/`valid_under`.
+pub fn dht_record(data: &[u8]) {
+    let n = net();
+    let by_hash = |h: &[u8; 32]| {
+        [&n.a_cert, &n.b_cert]
+            .into_iter()
+            .find(|c| &c.hash() == h)
+            .cloned()
+    };
+    let Ok(rec) = NodeRecord::decode(data, &by_hash) else {
+        return;
+    };
+    assert!(data.len() <= MAX_RECORD_LEN);
+    for full in [true, false] {
+        let again = NodeRecord::decode(&rec.encode(full), &by_hash).expect("re-decode");
+        assert_eq!(again, rec);
+    }
+    let keys = rec.keys();
+    assert!(keys.iter().all(|k| rec.valid_under(k)));
+    let mut certs = CertCache::new(4);
+    if rec.verify(&n.ca, &mut certs, NOW.as_secs()).is_ok() {
+        assert!(
+            rec.cert == n.a_cert || rec.cert == n.b_cert,
+            "a record under a certificate the CA never signed verifies"
+        );
+    }
 }

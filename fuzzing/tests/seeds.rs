@@ -86,3 +86,29 @@ fn committed_config_and_request_parse() {
         .unwrap();
     assert_eq!(req.path, "/v1/connect");
 }
+
+#[test]
+fn committed_dht_records_verify() {
+    use shadowmesh_control::dht::certs::CertCache;
+    use shadowmesh_control::dht::record::NodeRecord;
+    let n = net();
+    let by_hash = |h: &[u8; 32]| {
+        [&n.a_cert, &n.b_cert]
+            .into_iter()
+            .find(|c| &c.hash() == h)
+            .cloned()
+    };
+    let mut certs = CertCache::new(4);
+    for name in [
+        "seed-a-full",
+        "seed-a-hash",
+        "seed-b-relays-hash",
+        "seed-max-endpoints-full",
+    ] {
+        let rec = NodeRecord::decode(&seed("dht_record", name), &by_hash)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        rec.verify(&n.ca, &mut certs, NOW.as_secs())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert_eq!(certs.stats().verifications, 2);
+}

@@ -33,7 +33,9 @@ use zeroize::Zeroizing;
 ///
 /// - 1: the first.
 /// - 2: `SessionConfirmed` event (tag 8); drop cause `ControlRateLimited` (index 12, 13 causes).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: drop causes `HoldExpired` and `HoldOverflow` (indices 13, 14; 15 causes); worker
+///   stats end with `held u64, hold_flushed u64`.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest message, in bytes, either way.
 pub const MAX_MSG: usize = 64 * 1024;
 /// Most prefixes in one `SetRoutes`.
@@ -276,6 +278,17 @@ pub enum DownMsg {
         /// (network address, prefix length), at most [`MAX_ROUTES`].
         prefixes: Vec<(IpAddr, u8)>,
     },
+    /// Prefixes a peer that has no routes may send from (the inbound check only, never
+    /// outbound routing): the certified addresses of a node whose pending responder session
+    /// waits for key confirmation, so that the data packet that confirms it is delivered, not
+    /// dropped before its routes arrive. Packets must still authenticate under that peer's
+    /// session keys. Tag 9 (since version 3).
+    SetSources {
+        /// Peer id.
+        peer: u32,
+        /// (network address, prefix length), at most [`MAX_ROUTES`].
+        prefixes: Vec<(IpAddr, u8)>,
+    },
     /// Set the peer's underlay endpoint.
     SetEndpoint {
         /// Peer id.
@@ -329,10 +342,14 @@ pub enum DropCause {
     TooLarge = 11,
     /// A control datagram over its source's or the worker's rate limit.
     ControlRateLimited = 12,
+    /// A packet held for a route or session (see the dataplane's hold queue) waited too long.
+    HoldExpired = 13,
+    /// A held packet pushed out, oldest first, by newer ones (the hold queue is bounded).
+    HoldOverflow = 14,
 }
 
 /// How many [`DropCause`]s there are (the length of `drops` arrays).
-pub const DROP_CAUSES: usize = 13;
+pub const DROP_CAUSES: usize = 15;
 
 impl DropCause {
     /// All causes, in index order.
@@ -350,6 +367,8 @@ impl DropCause {
         DropCause::QueueFull,
         DropCause::TooLarge,
         DropCause::ControlRateLimited,
+        DropCause::HoldExpired,
+        DropCause::HoldOverflow,
     ];
 
     /// Index into a `drops` array.
@@ -373,6 +392,8 @@ impl DropCause {
             DropCause::QueueFull => "queue_full",
             DropCause::TooLarge => "too_large",
             DropCause::ControlRateLimited => "control_rate_limited",
+            DropCause::HoldExpired => "hold_expired",
+            DropCause::HoldOverflow => "hold_overflow",
         }
     }
 }
@@ -392,6 +413,10 @@ pub struct WorkerStats {
     pub drops: [u64; DROP_CAUSES],
     /// `io_uring_enter` calls (0 on the poll backend).
     pub uring_enters: u64,
+    /// Packets held for a route or session (the dataplane's hold queue).
+    pub held: u64,
+    /// Held packets sent once their route and session existed.
+    pub hold_flushed: u64,
 }
 
 /// Counters of one peer.
@@ -639,8 +664,12 @@ fn encode_down_msg(w: &mut Writer<'_>, msg: &DownMsg) -> Result<(), EncodeError>
             w.u8(3);
             w.u32(*peer);
         }
-        DownMsg::SetRoutes { peer, prefixes } => {
-            w.u8(4);
+        DownMsg::SetRoutes { peer, prefixes } | DownMsg::SetSources { peer, prefixes } => {
+            w.u8(if matches!(msg, DownMsg::SetRoutes { .. }) {
+                4
+            } else {
+                9
+            });
             w.u32(*peer);
             w.count("SetRoutes prefixes", prefixes.len(), MAX_ROUTES)?;
             for (ip, len) in prefixes {
@@ -693,6 +722,8 @@ fn encode_up_msg(w: &mut Writer<'_>, msg: &UpMsg) -> Result<(), EncodeError> {
                 w.u64(ws.tx_bytes);
                 w.drops(&ws.drops);
                 w.u64(ws.uring_enters);
+                w.u64(ws.held);
+                w.u64(ws.hold_flushed);
             }
             w.count("Stats peers", s.peers.len(), MAX_STATS_PEERS)?;
             for ps in &s.peers {
@@ -1038,7 +1069,7 @@ fn decode_down_msg(r: &mut Reader<'_>) -> Result<DownMsg, DecodeError> {
         3 => DownMsg::RemovePeer {
             peer: r.u32("RemovePeer peer")?,
         },
-        4 => {
+        tag @ (4 | 9) => {
             let peer = r.u32("SetRoutes peer")?;
             // Smallest entry: family + 4 bytes + length.
             let n = r.count("SetRoutes prefixes", MAX_ROUTES, 6)?;
@@ -1056,7 +1087,11 @@ fn decode_down_msg(r: &mut Reader<'_>) -> Result<DownMsg, DecodeError> {
                 }
                 prefixes.push((ip, len));
             }
-            DownMsg::SetRoutes { peer, prefixes }
+            if tag == 4 {
+                DownMsg::SetRoutes { peer, prefixes }
+            } else {
+                DownMsg::SetSources { peer, prefixes }
+            }
         }
         5 => DownMsg::SetEndpoint {
             peer: r.u32("SetEndpoint peer")?,
@@ -1099,7 +1134,7 @@ fn decode_up_msg(r: &mut Reader<'_>) -> Result<UpMsg, DecodeError> {
             UpMsg::Error { code, message }
         }
         3 => {
-            const WORKER_LEN: usize = 4 * 8 + 1 + DROP_CAUSES * 8 + 8;
+            const WORKER_LEN: usize = 4 * 8 + 1 + DROP_CAUSES * 8 + 3 * 8;
             const PEER_LEN: usize = 4 + 4 * 8 + 1 + DROP_CAUSES * 8 + 9;
             let nw = r.count("Stats workers", MAX_STATS_WORKERS, WORKER_LEN)?;
             let mut workers = Vec::with_capacity(nw);
@@ -1111,6 +1146,8 @@ fn decode_up_msg(r: &mut Reader<'_>) -> Result<UpMsg, DecodeError> {
                     tx_bytes: r.u64("worker tx_bytes")?,
                     drops: r.drops()?,
                     uring_enters: r.u64("worker uring_enters")?,
+                    held: r.u64("worker held")?,
+                    hold_flushed: r.u64("worker hold_flushed")?,
                 });
             }
             let np = r.count("Stats peers", MAX_STATS_PEERS, PEER_LEN)?;

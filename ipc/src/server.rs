@@ -636,6 +636,7 @@ impl IpcHandler for MemoryHandler {
             DownMsg::SetRoutes { peer, prefixes } => {
                 self.routes.insert(peer, prefixes);
             }
+            DownMsg::SetSources { .. } => {}
             DownMsg::SetEndpoint { peer, addr } => {
                 self.endpoints.insert(peer, addr);
             }

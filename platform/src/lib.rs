@@ -5,6 +5,7 @@
 //! This is the only crate that says `libc`, `ioctl`, `io_uring` or `cfg(target_os)`; callers
 //! get small safe types. Every `unsafe` block carries a `// SAFETY:` line.
 
+pub mod ifaddrs;
 pub mod io;
 pub mod pin;
 pub mod seqpacket;

@@ -118,8 +118,9 @@ pub fn run(opts: &DemoOptions, clock: fn() -> Duration, stop: &AtomicBool) -> an
     step(
         4,
         &format!(
-            "starting {} nodes with `shadowmesh up` ({} backend, {} workers); \
-             hybrid X25519 + ML-KEM-1024 handshakes",
+            "starting {} nodes with `shadowmesh up` ({} backend, {} workers), no peer lists: \
+             node 1 is the DHT bootstrap; peers are found by overlay address, handshakes are \
+             hybrid X25519 + ML-KEM-1024",
             opts.nodes, opts.backend, opts.workers
         ),
     );
@@ -127,13 +128,15 @@ pub fn run(opts: &DemoOptions, clock: fn() -> Duration, stop: &AtomicBool) -> an
     let mesh = MeshOptions {
         workers: opts.workers,
         backend: opts.backend.clone(),
+        bootstrap: vec![0],
         ..MeshOptions::default()
     };
     let mut started = Vec::new();
     for &i in &nodes {
-        started.push(topo.start_node(i, "ca", &nodes, &mesh)?);
+        started.push(topo.start_node(i, "ca", &[], &mesh)?);
     }
-    // The first packet to each peer triggers its handshake; wait until node 1 reaches all.
+    // The first packet to each node triggers a DHT lookup of its address and a handshake;
+    // wait until node 1 reaches all.
     let t = clock();
     for b in 1..opts.nodes {
         if !topo.ping_until(0, &format!("100.64.0.{}", b + 1), 30) {

@@ -100,13 +100,16 @@ enum Cmd {
     Status(status::AdminArgs),
     /// Every peer in detail: endpoint, allowed IPs, handshake, session, transfer.
     Peers(status::AdminArgs),
-    /// Enables a peer and handshakes with it now.
+    /// Enables a peer and handshakes with it now; a name or overlay address no peer has is
+    /// looked up in the DHT first.
     Connect {
-        /// Peer name.
+        /// Peer name, overlay address, or node id prefix (≥ 8 hex digits).
         peer: String,
         #[command(flatten)]
         admin: status::AdminArgs,
     },
+    /// The DHT: our record, routing table, stored records and recent lookups.
+    Dht(status::AdminArgs),
     /// Drops a peer's sessions and routes and stops handshaking with it.
     Disconnect {
         /// Peer name.
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Down { config } => up::down(&config),
         Cmd::Status(a) => status::status(&a),
         Cmd::Peers(a) => status::peers(&a),
+        Cmd::Dht(a) => status::dht(&a),
         Cmd::Connect { peer, admin } => status::connect(&admin, &peer, true),
         Cmd::Disconnect { peer, admin } => status::connect(&admin, &peer, false),
         Cmd::Demo {
@@ -218,18 +222,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for (i, w) in stats.workers.iter().enumerate() {
                 if raw {
                     println!(
-                        "worker={i} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} enters={} drops={}",
+                        "worker={i} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} enters={} drops={} held={} hold_flushed={}",
                         w.rx_packets,
                         w.rx_bytes,
                         w.tx_packets,
                         w.tx_bytes,
                         w.uring_enters,
-                        w.drops.iter().sum::<u64>()
+                        w.drops.iter().sum::<u64>(),
+                        w.held,
+                        w.hold_flushed
                     );
                 } else {
                     println!(
-                        "worker {i}: rx {} pkts / {} B, tx {} pkts / {} B, kernel entries {}",
-                        w.rx_packets, w.rx_bytes, w.tx_packets, w.tx_bytes, w.uring_enters
+                        "worker {i}: rx {} pkts / {} B, tx {} pkts / {} B, kernel entries {}, held {} (sent {})",
+                        w.rx_packets,
+                        w.rx_bytes,
+                        w.tx_packets,
+                        w.tx_bytes,
+                        w.uring_enters,
+                        w.held,
+                        w.hold_flushed
                     );
                 }
                 print_drops(&w.drops, &format!("worker={i}"), raw);

@@ -333,6 +333,8 @@ pub struct MeshOptions {
     /// Endpoints this node is given for some peers instead of the peer's own underlay address
     /// (e.g. an impairment forwarder in between): `(peer node, address)`.
     pub peer_endpoints: Vec<(usize, SocketAddr)>,
+    /// Nodes whose underlay address goes into `[discovery] bootstrap`.
+    pub bootstrap: Vec<usize>,
 }
 
 impl Default for MeshOptions {
@@ -342,6 +344,7 @@ impl Default for MeshOptions {
             backend: "uring".into(),
             rekey_after_secs: 120,
             peer_endpoints: Vec::new(),
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -436,6 +439,18 @@ impl Topology {
             admin.display(),
             opts.rekey_after_secs,
         );
+        let boot: Vec<String> = opts
+            .bootstrap
+            .iter()
+            .filter(|&&b| b != i)
+            .map(|b| format!("\"198.51.100.{}:51820\"", b + 1))
+            .collect();
+        if !boot.is_empty() {
+            cfg.push_str(&format!(
+                "\n[discovery]\nbootstrap = [{}]\n",
+                boot.join(", ")
+            ));
+        }
         for &p in peers.iter().filter(|&&p| p != i) {
             let endpoint = opts
                 .peer_endpoints

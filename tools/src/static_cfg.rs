@@ -287,6 +287,9 @@ fn describe(msg: &DownMsg) -> String {
         DownMsg::SetRoutes { peer, prefixes } => {
             format!("SetRoutes peer {peer} ({} prefixes)", prefixes.len())
         }
+        DownMsg::SetSources { peer, prefixes } => {
+            format!("SetSources peer {peer} ({} prefixes)", prefixes.len())
+        }
         DownMsg::SetEndpoint { peer, addr } => format!("SetEndpoint peer {peer} {addr}"),
         DownMsg::RemoveSession { local_index } => format!("RemoveSession {local_index}"),
         DownMsg::RemovePeer { peer } => format!("RemovePeer {peer}"),

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use shadowmesh_control::api::{self, PeerInfo, PeersReply, StatusReply};
+use shadowmesh_control::api::{self, DhtInfo, PeerInfo, PeersReply, StatusReply};
 use shadowmesh_control::config::{Config, DEFAULT_ADMIN_SOCKET};
 
 /// Where to find the admin socket.
@@ -72,6 +72,8 @@ pub fn ago(secs: Option<u64>) -> String {
 fn state(p: &PeerInfo) -> String {
     if !p.enabled {
         "disconnected".into()
+    } else if p.reachable == Some(false) {
+        "unreachable".into()
     } else if let (Some(c), Some(age)) = (&p.cipher, p.session_age_secs) {
         format!("{c} {age}s")
     } else if p.handshaking {
@@ -198,7 +200,118 @@ pub fn peers(a: &AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shadowmesh connect NAME` / `shadowmesh disconnect NAME`.
+/// Renders `GET /v1/dht`: our record, the routing table, stored records, recent lookups.
+#[must_use]
+pub fn render_dht(d: &DhtInfo) -> String {
+    let mut out = format!(
+        "dht: {} mode, {} contacts, {} stored records
+bootstrap: {}
+observed: {}
+published: {} (seq {})
+",
+        if d.server { "server" } else { "client" },
+        d.contacts.len(),
+        d.records.len(),
+        list_or_none(&d.bootstrap),
+        if d.observed.is_empty() {
+            "(none yet)".to_string()
+        } else {
+            d.observed
+                .iter()
+                .map(|(a, n)| format!("{a} (by {n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        list_or_none(&d.published),
+        d.record_seq,
+    );
+    out.push_str(&format!(
+        "
+{:<18} {:<28} {:>6} {:>10}
+",
+        "CONTACT", "ADDRESS", "BUCKET", "SEEN"
+    ));
+    for c in &d.contacts {
+        out.push_str(&format!(
+            "{:<18} {:<28} {:>6} {:>10}
+",
+            c.node_id,
+            c.addr,
+            c.bucket,
+            ago(Some(c.last_seen_secs))
+        ));
+    }
+    out.push_str(&format!(
+        "
+{:<18} {:<16} {:<18} {:>14} {:>9}  {}
+",
+        "KEY", "NAME", "NODE", "SEQ", "EXPIRES", "ENDPOINTS"
+    ));
+    for r in &d.records {
+        out.push_str(&format!(
+            "{:<18} {:<16} {:<18} {:>14} {:>8}s  {}
+",
+            r.key,
+            r.name,
+            r.node_id,
+            r.seq,
+            r.expires_in_secs,
+            r.endpoints.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "
+{:<40} {:<12} {:<6} {:>5} {:>8} {:>8}
+",
+        "LOOKUP", "WHY", "FOUND", "HOPS", "QUERIED", "MS"
+    ));
+    for l in &d.lookups {
+        out.push_str(&format!(
+            "{:<40} {:<12} {:<6} {:>5} {:>8} {:>8}
+",
+            l.target,
+            l.purpose,
+            if l.found { "yes" } else { "no" },
+            l.hops,
+            l.queried,
+            l.millis
+        ));
+    }
+    if !d.stats.is_empty() {
+        let s: Vec<String> = d.stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!(
+            "
+counters: {}
+",
+            s.join(" ")
+        ));
+    }
+    out
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// `shadowmesh dht`.
+///
+/// # Errors
+/// The control plane is unreachable or answered an error.
+pub fn dht(a: &AdminArgs) -> anyhow::Result<()> {
+    let (d, body): (DhtInfo, _) = api::get_json(&a.socket()?, "/v1/dht")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", render_dht(&d));
+    }
+    Ok(())
+}
+
+/// `shadowmesh connect NAME|IP` / `shadowmesh disconnect NAME`.
 ///
 /// # Errors
 /// Unknown peer, unreachable control plane.

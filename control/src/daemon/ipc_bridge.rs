@@ -281,6 +281,7 @@ fn kind(m: &DownMsg) -> &'static str {
         DownMsg::RemoveSession { .. } => "RemoveSession",
         DownMsg::RemovePeer { .. } => "RemovePeer",
         DownMsg::SetRoutes { .. } => "SetRoutes",
+        DownMsg::SetSources { .. } => "SetSources",
         DownMsg::SetEndpoint { .. } => "SetEndpoint",
         DownMsg::SendControl { .. } => "SendControl",
         DownMsg::GetStats { .. } => "GetStats",

@@ -1,8 +1,8 @@
 //! The control-plane process: loads the configuration, identity and certificates, keeps the
 //! dataplane filled (routes, endpoints, sessions) over the IPC bridge, runs handshakes through
-//! the sans-IO [`Driver`](crate::handshake::driver::Driver), and serves the admin API.
+//! the sans-IO [`Node`] (handshakes, DHT, discovery), and serves the admin API.
 //!
-//! Owns the wiring and the one event loop; the protocol decisions live in `crate::handshake::driver`. It never
+//! Owns the wiring and the one event loop; the protocol decisions live in [`crate::node`] and below. It never
 //! stops the dataplane (sessions outlive a control-plane restart) and never logs key material.
 
 pub mod ipc_bridge;
@@ -14,12 +14,16 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::api::{self, ApiCall, DataplaneInfo, HandshakeInfo, NodeInfo, PeerInfo, StatusReply};
+use crate::api::{
+    self, ApiCall, ContactRow, DataplaneInfo, DhtInfo, HandshakeInfo, LookupRow, NodeInfo,
+    PeerInfo, RecordRow, StatusReply,
+};
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::clock::Now;
 use crate::config::{Config, ConfigError};
-use crate::handshake::driver::{Driver, PeerSpec, Settings};
+use crate::handshake::driver::{PeerSpec, Settings};
 use crate::identity::{hex, Identity, IdentityError};
+use crate::node::{ConnectStart, Node, NodeConfig, NodeEvent};
 use ipc_bridge::{Bridge, BridgeEvent};
 
 /// Why the control plane could not start.
@@ -132,7 +136,105 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
-fn snapshot(d: &Driver<'_>, name: &str, connected: bool, socket: &str, now: Now) -> StatusReply {
+/// What discovery needs from the configuration and the host: bootstrap and advertised
+/// addresses, and our local addresses with the data port (all interface addresses when the
+/// dataplane binds the wildcard).
+#[must_use]
+pub fn node_config(config: &Config) -> NodeConfig {
+    let port = config.dataplane.listen_port;
+    let bind = config.dataplane.bind;
+    let local = if bind.is_unspecified() {
+        match shadowmesh_platform::ifaddrs::local_addresses() {
+            Ok(a) => a
+                .into_iter()
+                // A v4 wildcard socket does not receive IPv6.
+                .filter(|ip| bind.is_ipv6() || ip.is_ipv4())
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+                .collect(),
+            Err(e) => {
+                warn!("cannot list local addresses: {e}");
+                Vec::new()
+            }
+        }
+    } else {
+        vec![std::net::SocketAddr::new(bind, port)]
+    };
+    NodeConfig {
+        bootstrap: config.discovery.bootstrap.clone(),
+        advertise: config.discovery.advertise.clone(),
+        local,
+        server: config.discovery.server,
+        dht: crate::dht::DhtConfig::default(),
+    }
+}
+
+fn dht_info(n: &Node<'_>, now: Now) -> DhtInfo {
+    let short = |b: &[u8]| hex(b.get(..8).unwrap_or(b));
+    let me = crate::dht::key::Key::for_node(&n.driver().my_cert().node_id());
+    let (published, record_seq) = n.published();
+    DhtInfo {
+        server: n.config().server,
+        bootstrap: n
+            .config()
+            .bootstrap
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        observed: n
+            .observed()
+            .map(|(a, c)| (a.to_string(), u32::try_from(c).unwrap_or(u32::MAX)))
+            .collect(),
+        published: published.iter().map(ToString::to_string).collect(),
+        record_seq,
+        contacts: n
+            .dht()
+            .routing_table()
+            .map(|c| ContactRow {
+                node_id: short(&c.id.0),
+                addr: c.addr.to_string(),
+                bucket: me
+                    .bucket_index(&c.id)
+                    .map_or(0, |b| u32::try_from(b).unwrap_or(0)),
+                last_seen_secs: now.mono.saturating_sub(c.last_seen).as_secs(),
+            })
+            .collect(),
+        records: n
+            .dht()
+            .store()
+            .iter()
+            .map(|(k, r)| RecordRow {
+                key: short(&k.0),
+                node_id: short(&r.node_id()),
+                name: r.cert.body.name.clone(),
+                seq: r.seq,
+                expires_in_secs: r.expires.saturating_sub(now.wall.as_secs()),
+                endpoints: r.endpoints.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        lookups: n
+            .recent_lookups()
+            .map(|l| LookupRow {
+                target: l.target.clone(),
+                purpose: l.purpose.to_string(),
+                found: l.found,
+                hops: l.hops,
+                queried: l.queried,
+                millis: u64::try_from(l.elapsed.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+        stats: n
+            .dht()
+            .stats()
+            .named()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
+}
+
+fn snapshot(n: &Node<'_>, name: &str, connected: bool, socket: &str, now: Now) -> StatusReply {
+    let d = n.driver();
+    let dht = dht_info(n, now);
     let cert = d.my_cert();
     let st = d.stats();
     let now = now.mono;
@@ -200,10 +302,12 @@ fn snapshot(d: &Driver<'_>, name: &str, connected: bool, socket: &str, now: Now)
                     }),
                     handshaking: p.in_flight.is_some(),
                     failures: p.failures,
+                    reachable: p.reachable,
                     ..PeerInfo::default()
                 }
             })
             .collect(),
+        dht,
     }
 }
 
@@ -230,7 +334,7 @@ fn wait_signals(tx: &mpsc::Sender<i32>) {
 /// Applies one event of the IPC bridge.
 fn on_bridge_event(
     ev: BridgeEvent,
-    driver: &mut Driver<'_>,
+    driver: &mut Node<'_>,
     bridge: &Bridge,
     connected: &mut bool,
     clock: fn() -> Now,
@@ -244,9 +348,9 @@ fn on_bridge_event(
         BridgeEvent::Connected => {
             *connected = true;
             let now = clock();
+            // Routes and endpoints, handshakes at once with peers that have no session, and
+            // (the first time) joining the DHT.
             send_all(driver.on_connected(now));
-            // Handshake at once with peers that have no session.
-            send_all(driver.handle_timeout(now));
         }
         BridgeEvent::Disconnected(why) => {
             *connected = false;
@@ -297,12 +401,13 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
         peers,
     } = loaded;
     let now = clock();
-    let mut driver = Driver::new(
+    let mut driver = Node::new(
         &identity,
         cert,
         ca,
         peers,
         settings(&config),
+        node_config(&config),
         now,
         Box::new(crate::rand::SystemRng::new()),
     )
@@ -317,7 +422,8 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
     info!(
         node = %config.node.name,
         id = %hex(&identity.node_id()[..8]),
-        peers = driver.peers().len(),
+        peers = driver.driver().peers().len(),
+        bootstrap = driver.config().bootstrap.len(),
         "control plane starting"
     );
     let io = |what: &str| {
@@ -361,7 +467,17 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
         }
     };
     let mut published = now.mono;
+    // Operator `connect`s waiting for a DHT lookup, by ticket.
+    let mut waiting: std::collections::BTreeMap<
+        u64,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    > = std::collections::BTreeMap::new();
     loop {
+        while let Some(NodeEvent::ConnectDone { ticket, result }) = driver.poll_event() {
+            if let Some(tx) = waiting.remove(&ticket) {
+                let _ = tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
+            }
+        }
         let now = clock();
         if now.mono.saturating_sub(published) >= SNAPSHOT_INTERVAL {
             published = now.mono;
@@ -394,8 +510,20 @@ pub async fn run(loaded: Loaded, clock: fn() -> Now) -> Result<(), DaemonError> 
                     let _ = tx.send(snapshot(&driver, &config.node.name, connected, &socket_name, clock()));
                 }
                 Some(ApiCall::Connect(name, tx)) => {
-                    let r = driver.connect(&name, clock()).map(|m| send_all(&bridge, m));
-                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                    match driver.connect(&name, clock()) {
+                        Ok((ConnectStart::Known, m)) => {
+                            send_all(&bridge, m);
+                            let _ = tx.send(Ok(()));
+                        }
+                        Ok((ConnectStart::LookingUp(ticket), m)) => {
+                            send_all(&bridge, m);
+                            // Answered when the lookup ends (the DHT's timeouts bound it).
+                            waiting.insert(ticket, tx);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
                     published = Duration::ZERO;
                 }
                 Some(ApiCall::Disconnect(name, tx)) => {

@@ -1183,6 +1183,16 @@ impl<'a> Driver<'a> {
             self.candidates.insert(est.peer_id, peer);
         }
         let install = self.install_message(&est, peer);
+        if candidate {
+            // Inbound only: the confirming data packet (authenticated under these keys, so
+            // from the certificate's owner) is delivered from the certified addresses;
+            // outbound routes wait for confirmation.
+            out.push(DownMsg::SetSources {
+                peer,
+                prefixes: crate::peers::Peer::new(peer, String::new(), est.peer_cert.clone(), None)
+                    .routes(),
+            });
+        }
         out.push(DownMsg::InstallSession(install.clone()));
         self.send(src, m2, out);
         self.pending_resp.insert(

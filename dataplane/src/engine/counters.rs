@@ -27,11 +27,13 @@ pub enum DropCause {
     SourceNotAllowed = 5,
     /// Decrypted packet that is not a valid IPv4/IPv6 packet.
     BadInnerPacket = 6,
-    /// TUN packet whose destination matches no route.
+    /// TUN packet whose destination matches no route and lies outside the overlay (an
+    /// overlay destination is held instead, see [`super::hold`]).
     NoRoute = 7,
-    /// TUN packet for a peer with no usable session (a handshake is asked for).
+    /// TUN packet for a peer with no usable session that could not be held (see
+    /// [`super::hold`]).
     NoSession = 8,
-    /// TUN packet for a peer with no known endpoint.
+    /// TUN packet for a peer with no known endpoint that could not be held.
     NoEndpoint = 9,
     /// TUN packet with an inconsistent virtio-net header or super-packet.
     BadOffload = 10,
@@ -43,11 +45,15 @@ pub enum DropCause {
     SendRefused = 13,
     /// Control datagram over its source's or the worker's rate (see [`crate::ratelimit`]).
     ControlRateLimited = 14,
+    /// Held TUN packet dropped after [`super::hold::HOLD_TIME`] with no route or session.
+    HoldExpired = 15,
+    /// Held TUN packet dropped, oldest first, to make room in the bounded hold queue.
+    HoldOverflow = 16,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 17;
     /// Every cause, in counter-index order.
     pub const ALL: [DropCause; Self::COUNT] = [
         Self::Garbage,
@@ -65,6 +71,8 @@ impl DropCause {
         Self::EventQueueFull,
         Self::SendRefused,
         Self::ControlRateLimited,
+        Self::HoldExpired,
+        Self::HoldOverflow,
     ];
 
     /// A stable snake_case name for status output and metrics.
@@ -85,6 +93,8 @@ impl DropCause {
             Self::EventQueueFull => "event_queue_full",
             Self::SendRefused => "send_refused",
             Self::ControlRateLimited => "control_rate_limited",
+            Self::HoldExpired => "hold_expired",
+            Self::HoldOverflow => "hold_overflow",
         }
     }
 }
@@ -121,6 +131,10 @@ pub struct WorkerTotals {
     pub keepalives_rx: u64,
     /// System calls entering the kernel (`io_uring_enter` or `poll`).
     pub enters: u64,
+    /// TUN packets put in the hold queue (no route or session yet).
+    pub held: u64,
+    /// Held packets sent once their route and session existed.
+    pub hold_flushed: u64,
     /// Drops, indexed by [`DropCause`].
     pub drops: [u64; DropCause::COUNT],
     /// Garbage drops, indexed by [`GarbageReason`].
@@ -152,6 +166,8 @@ impl WorkerTotals {
         self.control_rx += o.control_rx;
         self.keepalives_rx += o.keepalives_rx;
         self.enters += o.enters;
+        self.held += o.held;
+        self.hold_flushed += o.hold_flushed;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -166,7 +182,7 @@ impl WorkerTotals {
     }
 }
 
-const SCALARS: usize = 9;
+const SCALARS: usize = 11;
 
 /// The published copy of a worker's counters, read by the IPC thread.
 #[derive(Debug)]
@@ -200,6 +216,8 @@ impl WorkerCounters {
             t.control_rx,
             t.keepalives_rx,
             t.enters,
+            t.held,
+            t.hold_flushed,
         ];
         for (a, v) in self.scalars.iter().zip(scalars) {
             a.store(v, Ordering::Relaxed);
@@ -225,6 +243,8 @@ impl WorkerCounters {
             control_rx: s[6],
             keepalives_rx: s[7],
             enters: s[8],
+            held: s[9],
+            hold_flushed: s[10],
             drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
             garbage: std::array::from_fn(|i| self.garbage[i].load(Ordering::Relaxed)),
         }

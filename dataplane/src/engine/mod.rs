@@ -9,10 +9,14 @@
 //! (already cut by per-source token buckets, [`crate::ratelimit`]) can never fill the queue
 //! the events need.
 //!
+//! First packets to a destination a worker cannot send to yet wait in that worker's bounded
+//! hold queue ([`hold`]) while the control plane looks the destination up and handshakes.
+//!
 //! Must never: let one flow's packets be handled by two workers at once (a TUN queue pairs with
 //! one socket and one worker), block a worker without a time bound, or allocate per packet.
 
 pub mod counters;
+pub mod hold;
 pub mod tables;
 pub mod worker;
 
@@ -45,11 +49,13 @@ pub enum Event {
         /// The datagram.
         payload: Vec<u8>,
     },
-    /// Traffic for a peer that has no usable session: a handshake is wanted.
+    /// Traffic that cannot be sent yet and is held ([`hold`]): with a peer, the route points
+    /// to it and it has no usable session (a handshake is wanted); without one, no route
+    /// covers the overlay destination (look it up). Rate-limited per peer and per destination.
     NoSession {
-        /// The peer the route points to.
-        peer: PeerId,
-        /// The inner destination that was dropped.
+        /// The peer the route points to, if any.
+        peer: Option<PeerId>,
+        /// The inner destination that was held.
         dst: IpAddr,
     },
     /// A session passed a rekey limit while sending.

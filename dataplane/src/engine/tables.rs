@@ -57,6 +57,14 @@ pub enum Command {
         /// Its prefixes, shared by all workers.
         prefixes: Arc<[(IpAddr, u8)]>,
     },
+    /// Prefixes a peer without routes may send from (inbound check only; see
+    /// `DownMsg::SetSources`).
+    SetSources {
+        /// The peer.
+        peer: PeerId,
+        /// Its certified prefixes, shared by all workers.
+        prefixes: Arc<[(IpAddr, u8)]>,
+    },
     /// Sets where a peer's datagrams go.
     SetEndpoint {
         /// The peer.
@@ -98,6 +106,9 @@ pub struct PeerEntry {
     pub owed_confirm: Option<u32>,
     /// An `EndpointChanged` this worker owes the control plane (its queue was full).
     pub owed_endpoint: bool,
+    /// Sources it may send from while it has no routes (a pending responder session's
+    /// certified addresses); empty for peers with routes.
+    pub sources: Arc<[(IpAddr, u8)]>,
 }
 
 impl PeerEntry {
@@ -110,7 +121,17 @@ impl PeerEntry {
             rekey_asked: None,
             owed_confirm: None,
             owed_endpoint: false,
+            sources: Arc::from(Vec::new()),
         }
+    }
+
+    /// Whether `src` lies in one of the peer's [`sources`](Self::sources) (a few prefixes at
+    /// most; checked only when the routing table does not allow `src`).
+    #[must_use]
+    pub fn sources_allow(&self, src: IpAddr) -> bool {
+        self.sources
+            .iter()
+            .any(|&(net, len)| prefix_contains(net, len, src))
     }
 }
 
@@ -212,6 +233,12 @@ impl Tables {
                     let _ = self.routes.insert(addr, len, peer);
                 }
             }
+            Command::SetSources { peer, prefixes } => {
+                self.peers
+                    .entry(peer)
+                    .or_insert_with(|| PeerEntry::new(new_counters(peer)))
+                    .sources = prefixes;
+            }
             Command::SetEndpoint { peer, addr } => {
                 let entry = self
                     .peers
@@ -256,6 +283,27 @@ impl Tables {
                 by_index.remove(&gone.local_index);
             });
         }
+    }
+}
+
+/// Whether `ip` lies in `net/len` (same family only).
+fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let len = u32::from(len.min(32));
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let len = u32::from(len.min(128));
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 

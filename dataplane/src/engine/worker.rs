@@ -8,6 +8,11 @@
 //! inner source against the peer's prefixes, then coalesce consecutive TCP segments back into
 //! super-packets written to the TUN with a virtio-net header.
 //!
+//! A TUN packet that cannot be sent yet (no route in the overlay, no session, no endpoint) is
+//! copied into the worker's hold queue ([`super::hold`]) and the control plane is asked; held
+//! packets go, oldest first, as soon as a command or a confirmation makes them sendable, and a
+//! newer packet to the same place never overtakes them.
+//!
 //! Control datagrams pass the worker's token buckets ([`crate::ratelimit`]) before they are
 //! copied and queued on their own channel. Events go on another; the first authenticated packet
 //! on a pending session promotes it and is reported once; an event that found its queue full
@@ -32,6 +37,7 @@ use crate::session::{PeerId, Session, MAX_RESERVE};
 use crate::wire::{self, Datagram, HEADER_LEN, TAG_LEN};
 
 use super::counters::{DropCause, PeerCounterRegistry, PeerCounters, WorkerCounters, WorkerTotals};
+use super::hold::{self, HoldQueue, NoRouteAsks};
 use super::tables::{Command, Tables};
 use super::Event;
 
@@ -47,6 +53,9 @@ const GRO_MAX: usize = 128;
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// At most one "no session" event per peer per this interval.
 const NO_SESSION_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// While packets are held, how often the worker checks whether they can go even though no
+/// command reached it (a pending session confirmed by another worker's receive).
+const HOLD_SCAN_INTERVAL: Duration = Duration::from_millis(10);
 /// A session that still needs a rekey is asked for again after this long: the first request
 /// may have been lost between here and the control plane, or its handshake may have failed.
 /// The control plane ignores requests while a handshake is in flight, so repeats are cheap.
@@ -90,6 +99,17 @@ pub struct Worker<I: PacketIo> {
     limiter: ControlLimiter<RandomState>,
     /// Some peer entry owes the control plane an event its queue had no room for.
     owed: bool,
+    /// Packets waiting for a route, a session or an endpoint ([`hold`]).
+    hold: HoldQueue,
+    /// Rate limit of the "no session" asks for unrouted overlay destinations.
+    asks: NoRouteAsks,
+    /// Something changed that may let held packets go: flush before the next TUN packet.
+    hold_due: bool,
+    /// A flush stopped for want of a buffer: newer packets are held behind the older ones
+    /// (order) until a flush completes.
+    hold_blocked: bool,
+    /// When the held packets were last checked.
+    last_hold_scan: Duration,
 }
 
 /// Consecutive plain packets to one endpoint, sealed back to back in one transmit buffer and
@@ -121,6 +141,11 @@ impl<I: PacketIo> Worker<I> {
             // Randomly keyed per worker, so no one can aim sources at one set of the table.
             limiter: ControlLimiter::new(setup.control_limits, RandomState::new()),
             owed: false,
+            hold: HoldQueue::new(),
+            asks: NoRouteAsks::new(),
+            hold_due: false,
+            hold_blocked: false,
+            last_hold_scan: Duration::ZERO,
             setup,
         }
     }
@@ -142,9 +167,19 @@ impl<I: PacketIo> Worker<I> {
     /// One loop turn: apply table changes, submit queued I/O and wait for completions, handle
     /// every completed receive, publish counters.
     pub fn turn(&mut self) -> std::io::Result<()> {
-        self.apply_commands();
+        if self.apply_commands() && !self.hold.is_empty() {
+            // Held packets go out in this turn's submission, before anything read later.
+            let now = (self.setup.clock)();
+            self.service_hold(now, true);
+            flush_batch(&mut self.io, &mut self.totals, &mut self.batch);
+        }
         self.io.submit_and_wait(IDLE_WAIT, &mut self.rx)?;
         let now = (self.setup.clock)();
+        if !self.hold.is_empty() {
+            let scan =
+                self.hold_blocked || now.saturating_sub(self.last_hold_scan) >= HOLD_SCAN_INTERVAL;
+            self.service_hold(now, scan);
+        }
         let mut rx = std::mem::take(&mut self.rx);
         for r in rx.drain(..) {
             match r.source {
@@ -155,6 +190,9 @@ impl<I: PacketIo> Worker<I> {
             }
         }
         self.rx = rx;
+        if self.hold_due {
+            self.flush_hold(now);
+        }
         if self.owed {
             self.pay_owed_events();
         }
@@ -169,7 +207,74 @@ impl<I: PacketIo> Worker<I> {
         &self.tables
     }
 
-    fn apply_commands(&mut self) {
+    /// Packets held by this worker (for tests and stats).
+    pub fn held(&self) -> (usize, usize) {
+        (self.hold.len(), self.hold.bytes())
+    }
+
+    /// Drops what was held too long, then sends what can go now if `flush`.
+    fn service_hold(&mut self, now: Duration, flush: bool) {
+        let expired = self.hold.expire(now);
+        self.totals.drops[DropCause::HoldExpired as usize] += expired as u64;
+        if self.hold.is_empty() {
+            // Nothing left to keep newer packets behind.
+            self.hold_blocked = false;
+        }
+        if flush || self.hold_due {
+            self.flush_hold(now);
+        }
+    }
+
+    /// Sends, oldest first, every held packet whose destination now has a route, a sending
+    /// session and an endpoint; the others stay. Each goes through the usual send path from a
+    /// transmit buffer (a super-packet is split there as usual).
+    fn flush_hold(&mut self, now: Duration) {
+        self.hold_due = false;
+        self.hold_blocked = false;
+        self.last_hold_scan = now;
+        let off = if self.setup.vnet_hdr {
+            PACKET_OFFSET - VNET_HDR_LEN
+        } else {
+            PACKET_OFFSET
+        };
+        // Bounded by the slot count (at most hold::HOLD_PACKETS); sending never adds slots.
+        for i in 0..self.hold.slots() {
+            let Some(dst) = self.hold.dst(i) else {
+                continue;
+            };
+            if !sendable(&mut self.tables, dst) {
+                continue;
+            }
+            let Some(buf) = self.io.alloc() else {
+                // Tried again next turn; newer packets queue behind (see hold_blocked).
+                self.hold_blocked = true;
+                break;
+            };
+            let copied = match (self.io.buf_mut(buf), self.hold.packet(i)) {
+                (Some(frame), Some(p)) => frame.get_mut(off..off + p.len()).map(|d| {
+                    d.copy_from_slice(p);
+                    off..off + p.len()
+                }),
+                _ => None,
+            };
+            self.hold.take(i);
+            match copied {
+                Some(range) => {
+                    self.totals.hold_flushed += 1;
+                    if let Err(cause) = self.send_tun_packet(buf, range, now, false) {
+                        self.totals.drop(cause);
+                    }
+                }
+                None => self.totals.drop(DropCause::NoBuffer),
+            }
+            self.io.release(buf);
+        }
+        self.hold.compact();
+    }
+
+    /// Applies queued commands; returns whether a table changed (held packets may go).
+    fn apply_commands(&mut self) -> bool {
+        let mut changed = false;
         // Bounded so a flood of commands cannot starve the packets.
         for _ in 0..256 {
             let Ok(cmd) = self.setup.commands.try_recv() else {
@@ -186,6 +291,7 @@ impl<I: PacketIo> Worker<I> {
                 }
                 _ => {}
             }
+            changed = true;
             let registry = &self.setup.peer_counters;
             self.tables.apply(cmd, &mut |peer| {
                 let c = Arc::new(PeerCounters::default());
@@ -196,6 +302,7 @@ impl<I: PacketIo> Worker<I> {
                 c
             });
         }
+        changed
     }
 
     fn send_control(&mut self, dst: SocketAddr, payload: &[u8]) {
@@ -281,18 +388,28 @@ impl<I: PacketIo> Worker<I> {
 
     /// A packet (or super-packet) read from the TUN.
     fn on_tun(&mut self, buf: BufId, data: Range<usize>, now: Duration) {
-        let outcome = self.send_tun_packet(buf, data, now);
+        if self.hold_due {
+            // Held packets first: a session just became usable, and they are older.
+            self.flush_hold(now);
+        }
+        let outcome = self.send_tun_packet(buf, data, now, true);
         if let Err(cause) = outcome {
             self.totals.drop(cause);
+        }
+        if self.hold_due {
+            self.flush_hold(now);
         }
         self.io.release(buf);
     }
 
+    /// Routes, seals and sends one TUN read; with `may_hold`, a packet that cannot be sent yet
+    /// (no route in the overlay, no session, no endpoint) is held instead of dropped.
     fn send_tun_packet(
         &mut self,
         buf: BufId,
         data: Range<usize>,
         now: Duration,
+        may_hold: bool,
     ) -> Result<(), DropCause> {
         let Worker {
             io,
@@ -300,8 +417,13 @@ impl<I: PacketIo> Worker<I> {
             tables,
             totals,
             batch,
+            hold,
+            asks,
+            hold_due,
+            hold_blocked,
             ..
         } = self;
+        let read = data.clone();
         let frame = io.buf_mut(buf).ok_or(DropCause::NoBuffer)?;
         let (hdr, pkt) = if setup.vnet_hdr {
             let hdr = frame
@@ -314,16 +436,24 @@ impl<I: PacketIo> Worker<I> {
         };
         let packet = frame.get(pkt.clone()).ok_or(DropCause::BadInnerPacket)?;
         let dst = wire::inner_dst(packet).ok_or(DropCause::BadInnerPacket)?;
-        let peer = tables.routes.lookup(dst).ok_or(DropCause::NoRoute)?;
+        let Some(peer) = tables.routes.lookup(dst) else {
+            if !(may_hold && hold::in_overlay(dst)) {
+                return Err(DropCause::NoRoute);
+            }
+            // Ask the control plane to look the destination up, and keep the packet.
+            if asks.due(dst, now) {
+                emit(&setup.events, totals, Event::NoSession { peer: None, dst });
+            }
+            return hold_packet(hold, totals, frame.get(read), dst, now)
+                .map_err(|()| DropCause::NoRoute);
+        };
         // A pending session the peer has used (seen by another worker) is confirmed: promote
         // it before sending. One length check when nothing is pending.
         let confirmed_pending = tables
             .peers
             .get(&peer)
             .and_then(|e| e.sessions.confirmed_pending());
-        if let Some(idx) = confirmed_pending {
-            let _ = tables.confirm(peer, idx);
-        }
+        let promoted = confirmed_pending.is_some_and(|idx| tables.confirm(peer, idx));
         let entry = tables.peers.get_mut(&peer).ok_or(DropCause::NoRoute)?;
         let Some(session) = entry.sessions.sending() else {
             let due = entry
@@ -331,15 +461,35 @@ impl<I: PacketIo> Worker<I> {
                 .is_none_or(|t| now.saturating_sub(t) >= NO_SESSION_EVENT_INTERVAL);
             if due {
                 entry.last_no_session_event = Some(now);
-                emit(&setup.events, totals, Event::NoSession { peer, dst });
+                let e = Event::NoSession {
+                    peer: Some(peer),
+                    dst,
+                };
+                emit(&setup.events, totals, e);
+            }
+            if may_hold && hold_packet(hold, totals, frame.get(read), dst, now).is_ok() {
+                return Ok(());
             }
             entry.counters.count_drop(DropCause::NoSession);
             return Err(DropCause::NoSession);
         };
         let Some(endpoint) = entry.endpoint else {
+            if may_hold && hold_packet(hold, totals, frame.get(read), dst, now).is_ok() {
+                return Ok(());
+            }
             entry.counters.count_drop(DropCause::NoEndpoint);
             return Err(DropCause::NoEndpoint);
         };
+        // Older packets may still be held for this destination: a session promoted just now
+        // (they go at once, see on_tun), or a flush that ran out of buffers. This one queues
+        // behind them so that a flow keeps its order.
+        if may_hold
+            && (*hold_blocked || (promoted && !hold.is_empty()))
+            && hold_packet(hold, totals, frame.get(read.clone()), dst, now).is_ok()
+        {
+            *hold_due |= promoted;
+            return Ok(());
+        }
         // Borrowed, not cloned: an Arc clone per packet would bounce the refcount's cache
         // line between workers.
         let tx = Tx {
@@ -434,6 +584,10 @@ impl<I: PacketIo> Worker<I> {
                         };
                         let promoted = entry.sessions.is_pending(header.receiver_index)
                             && self.tables.confirm(peer, header.receiver_index);
+                        if promoted && !self.hold.is_empty() {
+                            // The peer's held packets can go now, before any newer one.
+                            self.hold_due = true;
+                        }
                         let Some(entry) = self.tables.peers.get_mut(&peer) else {
                             continue;
                         };
@@ -466,7 +620,9 @@ impl<I: PacketIo> Worker<I> {
                                 .drop_for(&entry.counters, DropCause::BadInnerPacket);
                             continue;
                         };
-                        if !self.tables.routes.allows(peer, inner_src) {
+                        if !self.tables.routes.allows(peer, inner_src)
+                            && !entry.sources_allow(inner_src)
+                        {
                             self.totals
                                 .drop_for(&entry.counters, DropCause::SourceNotAllowed);
                             continue;
@@ -555,6 +711,41 @@ impl<I: PacketIo> Worker<I> {
             self.io.write_tun(buf, r);
         }
     }
+}
+
+/// Whether a packet to `dst` can be sent now: a route, a sending session (promoting a pending
+/// one another worker confirmed) and an endpoint.
+fn sendable(tables: &mut Tables, dst: std::net::IpAddr) -> bool {
+    let Some(peer) = tables.routes.lookup(dst) else {
+        return false;
+    };
+    if let Some(idx) = tables
+        .peers
+        .get(&peer)
+        .and_then(|e| e.sessions.confirmed_pending())
+    {
+        let _ = tables.confirm(peer, idx);
+    }
+    tables
+        .peers
+        .get(&peer)
+        .is_some_and(|e| e.endpoint.is_some() && e.sessions.sending().is_some())
+}
+
+/// Holds a copy of a TUN read (`Err` if it could not be: too large, or out of its frame);
+/// older packets pushed out to make room are counted as overflow drops.
+fn hold_packet(
+    hold: &mut HoldQueue,
+    totals: &mut WorkerTotals,
+    read: Option<&[u8]>,
+    dst: std::net::IpAddr,
+    now: Duration,
+) -> Result<(), ()> {
+    let bytes = read.ok_or(())?;
+    let evicted = hold.push(bytes, dst, now).map_err(|_| ())?;
+    totals.held += 1;
+    totals.drops[DropCause::HoldOverflow as usize] += evicted as u64;
+    Ok(())
 }
 
 /// Queues an event; returns whether it was queued (a full queue counts a drop).

@@ -58,6 +58,8 @@ fn down_msg() -> impl Strategy<Value = DownMsg> {
         any::<u32>().prop_map(|peer| DownMsg::RemovePeer { peer }),
         (any::<u32>(), prop::collection::vec(prefix(), 0..40))
             .prop_map(|(peer, prefixes)| DownMsg::SetRoutes { peer, prefixes }),
+        (any::<u32>(), prop::collection::vec(prefix(), 0..8))
+            .prop_map(|(peer, prefixes)| DownMsg::SetSources { peer, prefixes }),
         (any::<u32>(), sockaddr()).prop_map(|(peer, addr)| DownMsg::SetEndpoint { peer, addr }),
         (
             sockaddr(),
@@ -70,16 +72,21 @@ fn down_msg() -> impl Strategy<Value = DownMsg> {
 }
 
 fn worker_stats() -> impl Strategy<Value = WorkerStats> {
-    (any::<[u64; 4]>(), any::<[u64; DROP_CAUSES]>(), any::<u64>()).prop_map(|(c, drops, u)| {
-        WorkerStats {
+    (
+        any::<[u64; 4]>(),
+        any::<[u64; DROP_CAUSES]>(),
+        any::<[u64; 3]>(),
+    )
+        .prop_map(|(c, drops, u)| WorkerStats {
             rx_packets: c[0],
             rx_bytes: c[1],
             tx_packets: c[2],
             tx_bytes: c[3],
             drops,
-            uring_enters: u,
-        }
-    })
+            uring_enters: u[0],
+            held: u[1],
+            hold_flushed: u[2],
+        })
 }
 
 fn peer_stats() -> impl Strategy<Value = PeerStats> {
@@ -221,7 +228,7 @@ proptest! {
 fn hello_layout_is_frozen() {
     let mut buf = Vec::new();
     encode_down(&DownFrame::Hello(Hello::ours(Role::Control)), &mut buf).unwrap();
-    assert_eq!(buf, [0x01, 0x02, 0x00, 0x01]);
+    assert_eq!(buf, [0x01, 0x03, 0x00, 0x01]);
 }
 
 #[test]
@@ -246,10 +253,14 @@ fn session_confirmed_vector() {
 }
 
 #[test]
-fn control_rate_limited_is_the_last_drop_cause() {
+fn drop_cause_indices_are_stable() {
     assert_eq!(DropCause::ALL.len(), DROP_CAUSES);
     assert_eq!(DropCause::ControlRateLimited.index(), 12);
     assert_eq!(DropCause::ControlRateLimited.name(), "control_rate_limited");
+    assert_eq!(DropCause::HoldExpired.index(), 13);
+    assert_eq!(DropCause::HoldExpired.name(), "hold_expired");
+    assert_eq!(DropCause::HoldOverflow.index(), 14);
+    assert_eq!(DropCause::HoldOverflow.name(), "hold_overflow");
     for (i, c) in DropCause::ALL.iter().enumerate() {
         assert_eq!(c.index(), i);
     }
@@ -271,10 +282,10 @@ fn version_mismatch_names_both_versions() {
         "{text}"
     );
     // A future Hello may be longer; the version is still found and reported.
-    let err = decode_down(&[0x01, 0x03, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
+    let err = decode_down(&[0x01, 0x04, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
     assert!(matches!(
         err,
-        DecodeError::VersionMismatch { theirs: 3, .. }
+        DecodeError::VersionMismatch { theirs: 4, .. }
     ));
 }
 

@@ -1,0 +1,1041 @@
+//! The DHT state machine of one node: requests and replies, lookups, the routing table, the
+//! record store, publishing. Sans-IO in the quinn-proto style: feed it with
+//! [`Dht::handle_message`] / [`Dht::handle_timeout`], take datagrams with
+//! [`Dht::poll_transmit`] and events with [`Dht::poll_event`].
+//!
+//! Rules it enforces (see `docs/protocol.md §8`):
+//! - Every message is authenticated ([`super::auth`]) before anything else; a failure is a
+//!   counted drop that changes no state.
+//! - A reply counts only for a request we sent: same txid, from the address it went to, from
+//!   the node it was meant for (any member for a HELLO). Anything else is a counted drop.
+//! - A node enters the routing table only when authenticated, flagged `server`, and its
+//!   address confirmed: it answered a request we sent to that address, or it answered the
+//!   PING we send back to the source of its request.
+//! - STORE: the record verified (CA-valid certificate, signature, expiry) and valid under the
+//!   key, bounded per source and in total ([`RecordStore`]); a lower sequence is refused.
+//! - Bounded: requests in flight ([`MAX_REQUESTS`]), lookups ([`MAX_LOOKUPS`]), published
+//!   records ([`MAX_PUBLISHED`]), confirmations in flight, the lookup log.
+//!
+//! It never reads a clock, creates a random source or touches a socket.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand_core::RngCore;
+
+use super::auth::{Auth, Sender, DEFAULT_PAIR_CAP};
+use super::certs::CertCache;
+use super::key::Key;
+use super::lookup::{Candidate, Lookup, LookupKind};
+use super::messages::{
+    encode, parse, Body, Kind, Message, StoreResult, WireContact, FLAG_NEED_CERT, FLAG_SERVER,
+};
+use super::record::NodeRecord;
+use super::routing::{Contact, Observed, RoutingTable};
+use super::store::{RecordStore, StoreLimits};
+use crate::cert::{CaPublic, NodeCert};
+use crate::clock::Now;
+use crate::identity::Identity;
+
+pub use super::lookup::LookupId;
+
+/// Requests in flight at most (more are not sent; lookups wait for answers or timeouts).
+pub const MAX_REQUESTS: usize = 4096;
+/// Lookups at once.
+pub const MAX_LOOKUPS: usize = 256;
+/// Own records republished at most.
+pub const MAX_PUBLISHED: usize = 4;
+/// Address confirmations (PINGs to a new server's source) in flight at most.
+pub const MAX_CONFIRMING: usize = 256;
+/// Finished lookups kept for status.
+pub const RECENT_LOOKUPS: usize = 32;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// Bucket size and replication factor.
+    pub k: usize,
+    /// Requests in flight per lookup path.
+    pub alpha: usize,
+    /// Disjoint lookup paths (S/Kademlia).
+    pub disjoint_paths: usize,
+    /// A request unanswered this long has failed.
+    pub request_timeout: Duration,
+    /// Buckets not looked up this long are refreshed.
+    pub refresh_interval: Duration,
+    /// Own records are stored again this often (new closest nodes, churn).
+    pub republish_interval: Duration,
+    /// We offer to enter other nodes' routing tables.
+    pub server: bool,
+    /// Record store bounds.
+    pub store_limits: StoreLimits,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            alpha: 3,
+            disjoint_paths: 3,
+            request_timeout: Duration::from_secs(2),
+            refresh_interval: Duration::from_secs(15 * 60),
+            republish_interval: Duration::from_secs(20 * 60),
+            server: true,
+            store_limits: StoreLimits::default(),
+        }
+    }
+}
+
+/// What the DHT reports to its owner.
+// Events are few (one per lookup or ping): no point boxing the record.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum DhtEvent {
+    /// A lookup started by [`Dht::find_node`], [`Dht::find_record`] or [`Dht::join`] ended.
+    LookupDone {
+        /// Its id.
+        id: LookupId,
+        /// What was looked up.
+        key: Key,
+        /// The valid record with the highest sequence seen (value lookups).
+        record: Option<NodeRecord>,
+        /// The closest nodes that answered.
+        closest: Vec<(Key, SocketAddr)>,
+        /// Hops of the path that ended it.
+        hops: u32,
+        /// Nodes queried.
+        queried: u32,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A reply told us the address it saw our request come from (STUN-like).
+    ObservedAddr {
+        /// Our address as seen.
+        addr: SocketAddr,
+        /// Who said so.
+        reporter: Key,
+    },
+    /// The answer to [`Dht::ping`].
+    PingResult {
+        /// The node pinged.
+        node: Key,
+        /// Where.
+        addr: SocketAddr,
+        /// It answered.
+        ok: bool,
+        /// Round-trip time when it answered.
+        rtt: Option<Duration>,
+    },
+}
+
+/// One finished lookup, for status.
+#[derive(Debug, Clone)]
+pub struct LookupSummary {
+    /// What was looked up.
+    pub key: Key,
+    /// A record was found.
+    pub found: bool,
+    /// Hops.
+    pub hops: u32,
+    /// Nodes queried.
+    pub queried: u32,
+    /// Duration.
+    pub elapsed: Duration,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DhtStats {
+    /// Messages received.
+    pub received: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Dropped: did not parse.
+    pub malformed: u64,
+    /// Dropped: failed authentication (not a member, bad tag, forged id, ...).
+    pub unauthenticated: u64,
+    /// Dropped: a reply we did not ask for (txid, source or sender mismatch).
+    pub unexpected: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Requests not sent because too many were in flight.
+    pub request_limit: u64,
+    /// Records stored for others.
+    pub stored: u64,
+    /// STOREs refused (invalid, stale, over a bound).
+    pub store_refused: u64,
+    /// Records in VALUE replies that did not verify.
+    pub bad_records: u64,
+    /// Lookups finished.
+    pub lookups: u64,
+}
+
+impl DhtStats {
+    /// `(name, value)` pairs for status output.
+    #[must_use]
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("received", self.received),
+            ("sent", self.sent),
+            ("dropped_malformed", self.malformed),
+            ("dropped_unauthenticated", self.unauthenticated),
+            ("dropped_unexpected", self.unexpected),
+            ("timeouts", self.timeouts),
+            ("request_limit", self.request_limit),
+            ("stored", self.stored),
+            ("store_refused", self.store_refused),
+            ("bad_records", self.bad_records),
+            ("lookups", self.lookups),
+        ]
+    }
+}
+
+/// Why a request was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A query of a lookup path.
+    Lookup(LookupId, usize),
+    /// The owner's liveness ping.
+    UserPing,
+    /// A full bucket checks its least-recently-seen contact.
+    BucketCheck,
+    /// A new server's source address, confirmed before it enters the table.
+    Confirm,
+    /// First contact by address (bootstrap).
+    Hello,
+    /// A STORE of one of our records.
+    Store,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    /// The node it is for (`None`: a HELLO to an address).
+    to: Option<Key>,
+    addr: SocketAddr,
+    sent: Duration,
+    purpose: Purpose,
+}
+
+/// Why a lookup runs.
+#[derive(Debug, Clone)]
+enum Goal {
+    /// The owner's (reported as [`DhtEvent::LookupDone`]).
+    Report,
+    /// Publishing: STORE the record under the target at the closest nodes.
+    Publish(Box<NodeRecord>),
+    /// Bucket refresh (silent).
+    Refresh,
+}
+
+/// The DHT of one node.
+pub struct Dht<'a> {
+    own: Key,
+    cert: NodeCert,
+    ca: CaPublic,
+    config: DhtConfig,
+    auth: Auth<'a>,
+    certs: CertCache,
+    table: RoutingTable,
+    store: RecordStore,
+    requests: BTreeMap<u64, Request>,
+    lookups: BTreeMap<LookupId, (Lookup, Goal)>,
+    next_lookup: u64,
+    bootstrap: Vec<SocketAddr>,
+    /// A join waits for the first HELLO_ACK (its lookup id).
+    join_pending: Option<LookupId>,
+    published: Vec<NodeRecord>,
+    next_republish: Option<Duration>,
+    next_refresh: Duration,
+    recent: VecDeque<LookupSummary>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<DhtEvent>,
+    stats: DhtStats,
+}
+
+impl std::fmt::Debug for Dht<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dht")
+            .field("contacts", &self.table.len())
+            .field("records", &self.store.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Dht<'a> {
+    /// The DHT of `identity` (certificate `cert`, network `ca`).
+    #[must_use]
+    pub fn new(identity: &'a Identity, cert: NodeCert, ca: CaPublic, config: DhtConfig) -> Self {
+        let own = Key::for_node(&cert.node_id());
+        Self {
+            own,
+            table: RoutingTable::new(own, config.k),
+            store: RecordStore::new(config.store_limits),
+            auth: Auth::new(identity, DEFAULT_PAIR_CAP),
+            certs: CertCache::new(4096),
+            cert,
+            ca,
+            requests: BTreeMap::new(),
+            lookups: BTreeMap::new(),
+            next_lookup: 1,
+            bootstrap: Vec::new(),
+            join_pending: None,
+            published: Vec::new(),
+            next_republish: None,
+            next_refresh: config.refresh_interval,
+            recent: VecDeque::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: DhtStats::default(),
+            config,
+        }
+    }
+
+    /// A node to join through, by address (contacted with HELLO by [`join`](Self::join)).
+    pub fn add_bootstrap(&mut self, addr: SocketAddr) {
+        if !self.bootstrap.contains(&addr) && self.bootstrap.len() < 16 {
+            self.bootstrap.push(addr);
+        }
+    }
+
+    /// Our node id.
+    #[must_use]
+    pub fn own_id(&self) -> Key {
+        self.own
+    }
+
+    /// The routing table's contacts.
+    pub fn routing_table(&self) -> impl Iterator<Item = &Contact> + '_ {
+        self.table.iter()
+    }
+
+    /// Records stored for others.
+    #[must_use]
+    pub fn store(&self) -> &RecordStore {
+        &self.store
+    }
+
+    /// The latest finished lookups, oldest first.
+    pub fn recent_lookups(&self) -> impl Iterator<Item = &LookupSummary> {
+        self.recent.iter()
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> DhtStats {
+        self.stats
+    }
+
+    /// The next datagram payload to send (the caller sends it with the control transport,
+    /// kind `KIND_DHT`).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<DhtEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run next (monotonic).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let req = self
+            .requests
+            .values()
+            .map(|r| r.sent + self.config.request_timeout)
+            .min();
+        [req, self.next_republish, Some(self.next_refresh)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Joins: HELLO to every bootstrap address; the lookup of our own id starts at the first
+    /// answer (at once when the table already has contacts).
+    pub fn join(&mut self, now: Now, rng: &mut dyn RngCore) {
+        let id = self.new_lookup_id();
+        if self.table.is_empty() {
+            self.join_pending = Some(id);
+            for addr in self.bootstrap.clone() {
+                self.send_hello(addr, Purpose::Hello, now, rng);
+            }
+        } else {
+            self.start_lookup(id, self.own, LookupKind::Node, Goal::Report, now, rng);
+        }
+    }
+
+    /// Looks up the nodes closest to `target`.
+    pub fn find_node(&mut self, target: Key, now: Now, rng: &mut dyn RngCore) -> LookupId {
+        let id = self.new_lookup_id();
+        self.start_lookup(id, target, LookupKind::Node, Goal::Report, now, rng);
+        id
+    }
+
+    /// Looks up the record under `key` (verified, valid under the key, highest sequence).
+    pub fn find_record(&mut self, key: Key, now: Now, rng: &mut dyn RngCore) -> LookupId {
+        let id = self.new_lookup_id();
+        self.start_lookup(id, key, LookupKind::Value, Goal::Report, now, rng);
+        id
+    }
+
+    /// Publishes our `record` under each of its keys at the k closest nodes, and keeps it to
+    /// store again every `republish_interval` (a newer record of the same node replaces it).
+    pub fn publish(&mut self, record: NodeRecord, now: Now, rng: &mut dyn RngCore) {
+        let node = record.node_id();
+        self.published.retain(|r| r.node_id() != node);
+        if self.published.len() >= MAX_PUBLISHED {
+            self.published.remove(0);
+        }
+        self.published.push(record.clone());
+        self.next_republish = Some(now.mono + self.config.republish_interval);
+        self.store_everywhere(&record, now, rng);
+    }
+
+    /// Pings `node` at `addr` (a [`DhtEvent::PingResult`] follows). A node whose certificate
+    /// we have not seen gets a HELLO, which its certificate answers.
+    pub fn ping(&mut self, node: Key, addr: SocketAddr, now: Now, rng: &mut dyn RngCore) {
+        if self.auth.known_x25519(&node).is_some() {
+            self.send_request(node, addr, None, Body::Ping, Purpose::UserPing, now, rng);
+        } else {
+            self.send_hello_to(Some(node), addr, Purpose::UserPing, now, rng);
+        }
+    }
+
+    /// One reassembled DHT message from `src`.
+    pub fn handle_message(&mut self, src: SocketAddr, msg: &[u8], now: Now, rng: &mut dyn RngCore) {
+        self.stats.received += 1;
+        let Ok(parsed) = parse(msg) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let sender = match self
+            .auth
+            .open(&parsed, &mut self.certs, &self.ca, now.wall.as_secs())
+        {
+            Ok(s) => s,
+            Err(_) => {
+                self.stats.unauthenticated += 1;
+                return;
+            }
+        };
+        let m = parsed.msg;
+        if m.body.kind().is_request() {
+            self.on_request(sender, src, m, now, rng);
+        } else {
+            self.on_reply(sender, src, m, now, rng);
+        }
+    }
+
+    /// Timeouts of requests, bucket refresh, republishing.
+    pub fn handle_timeout(&mut self, now: Now, rng: &mut dyn RngCore) {
+        let deadline = self.config.request_timeout;
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| now.mono.saturating_sub(r.sent) >= deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in expired {
+            if let Some(r) = self.requests.remove(&txid) {
+                self.stats.timeouts += 1;
+                self.on_failure(r, now, rng);
+            }
+        }
+        if self.next_republish.is_some_and(|t| now.mono >= t) {
+            self.next_republish = Some(now.mono + self.config.republish_interval);
+            for rec in self.published.clone() {
+                if rec.expires > now.wall.as_secs() {
+                    self.store_everywhere(&rec, now, rng);
+                }
+            }
+        }
+        if now.mono >= self.next_refresh {
+            self.next_refresh = now.mono + self.config.refresh_interval.max(Duration::from_secs(1));
+            for bucket in self
+                .table
+                .take_stale(now.mono, self.config.refresh_interval)
+            {
+                let mut r = [0u8; 32];
+                rng.fill_bytes(&mut r);
+                let target = self.table.random_id_in(bucket, r);
+                let id = self.new_lookup_id();
+                self.start_lookup(id, target, LookupKind::Node, Goal::Refresh, now, rng);
+            }
+            self.store.expire(now.wall.as_secs());
+        }
+    }
+
+    fn new_lookup_id(&mut self) -> LookupId {
+        let id = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        id
+    }
+
+    fn store_everywhere(&mut self, record: &NodeRecord, now: Now, rng: &mut dyn RngCore) {
+        for key in record.keys() {
+            let id = self.new_lookup_id();
+            self.start_lookup(
+                id,
+                key,
+                LookupKind::Node,
+                Goal::Publish(Box::new(record.clone())),
+                now,
+                rng,
+            );
+        }
+    }
+
+    fn start_lookup(
+        &mut self,
+        id: LookupId,
+        target: Key,
+        kind: LookupKind,
+        goal: Goal,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) {
+        self.table.touch_bucket(&target, now.mono);
+        if self.lookups.len() >= MAX_LOOKUPS {
+            // Ends at once, empty: the owner sees a failed lookup rather than a silent one.
+            let l = Lookup::new(id, target, kind, self.own, Vec::new(), 1, 1, 1, now.mono);
+            self.finish(l, goal, now, rng);
+            return;
+        }
+        let initial: Vec<Candidate> = self
+            .table
+            .closest(&target, self.config.k)
+            .into_iter()
+            .map(|c| Candidate {
+                id: c.id,
+                addr: c.addr,
+                x25519: c.x25519,
+                hops: 1,
+            })
+            .collect();
+        let mut l = Lookup::new(
+            id,
+            target,
+            kind,
+            self.own,
+            initial,
+            self.config.k,
+            self.config.alpha,
+            self.config.disjoint_paths,
+            now.mono,
+        );
+        // A record we hold ourselves is as good as one fetched (it was verified on store).
+        if kind == LookupKind::Value {
+            if let Some(rec) = self.store.get(&target, now.wall.as_secs()) {
+                l.record = Some((rec.clone(), 0));
+            }
+        }
+        self.lookups.insert(id, (l, goal));
+        self.advance(id, now, rng);
+    }
+
+    /// Sends the lookup's next queries, or finishes it.
+    fn advance(&mut self, id: LookupId, now: Now, rng: &mut dyn RngCore) {
+        let Some((l, _)) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let queries = l.next_queries();
+        let (target, kind) = (l.target, l.kind);
+        for (path, c) in queries {
+            let body = match kind {
+                LookupKind::Node => Body::FindNode { target },
+                LookupKind::Value => Body::FindValue { key: target },
+            };
+            if !self.send_request(
+                c.id,
+                c.addr,
+                Some(c.x25519),
+                body,
+                Purpose::Lookup(id, path),
+                now,
+                rng,
+            ) {
+                if let Some((l, _)) = self.lookups.get_mut(&id) {
+                    l.on_failure(path, &c.id);
+                }
+            }
+        }
+        if self.lookups.get(&id).is_some_and(|(l, _)| l.is_done()) {
+            if let Some((l, goal)) = self.lookups.remove(&id) {
+                self.finish(l, goal, now, rng);
+            }
+        }
+    }
+
+    fn finish(&mut self, l: Lookup, goal: Goal, now: Now, rng: &mut dyn RngCore) {
+        let (closest, hops) = l.result();
+        let elapsed = now.mono.saturating_sub(l.started);
+        match goal {
+            Goal::Report => {
+                self.stats.lookups += 1;
+                if self.recent.len() >= RECENT_LOOKUPS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(LookupSummary {
+                    key: l.target,
+                    found: l.record.is_some(),
+                    hops,
+                    queried: l.queried,
+                    elapsed,
+                });
+                self.events.push_back(DhtEvent::LookupDone {
+                    id: l.id,
+                    key: l.target,
+                    record: l.record.map(|(r, _)| r),
+                    closest,
+                    hops,
+                    queried: l.queried,
+                    elapsed,
+                });
+            }
+            Goal::Publish(rec) => {
+                let bytes = rec.encode(true);
+                for (node, addr) in closest {
+                    self.send_request(
+                        node,
+                        addr,
+                        None,
+                        Body::Store {
+                            key: l.target,
+                            record: bytes.clone(),
+                        },
+                        Purpose::Store,
+                        now,
+                        rng,
+                    );
+                }
+            }
+            Goal::Refresh => {}
+        }
+    }
+
+    fn flags(&self, to: Option<&Key>) -> u8 {
+        let mut f = if self.config.server { FLAG_SERVER } else { 0 };
+        if to.is_none_or(|k| self.auth.known_x25519(k).is_none()) {
+            f |= FLAG_NEED_CERT;
+        }
+        f
+    }
+
+    /// Sends a tagged request; false when it could not be (no key, too many in flight).
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        to: Key,
+        addr: SocketAddr,
+        claimed_x25519: Option<[u8; 32]>,
+        body: Body,
+        purpose: Purpose,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> bool {
+        if self.requests.len() >= MAX_REQUESTS {
+            self.stats.request_limit += 1;
+            return false;
+        }
+        let txid = self.fresh_txid(rng);
+        let kind = body.kind();
+        let m = Message {
+            flags: self.flags(Some(&to)),
+            sender: self.own.0,
+            txid,
+            cert: self
+                .auth
+                .must_send_cert(&to)
+                .then(|| self.cert.to_bytes().to_vec()),
+            body,
+        };
+        let Some(bytes) = self
+            .auth
+            .seal(encode(&m), kind, &to, claimed_x25519.as_ref())
+        else {
+            return false;
+        };
+        self.requests.insert(
+            txid,
+            Request {
+                to: Some(to),
+                addr,
+                sent: now.mono,
+                purpose,
+            },
+        );
+        self.stats.sent += 1;
+        self.out.push_back((addr, bytes));
+        true
+    }
+
+    fn send_hello(&mut self, addr: SocketAddr, purpose: Purpose, now: Now, rng: &mut dyn RngCore) {
+        self.send_hello_to(None, addr, purpose, now, rng);
+    }
+
+    fn send_hello_to(
+        &mut self,
+        to: Option<Key>,
+        addr: SocketAddr,
+        purpose: Purpose,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) {
+        if self.requests.len() >= MAX_REQUESTS {
+            self.stats.request_limit += 1;
+            return;
+        }
+        let txid = self.fresh_txid(rng);
+        let m = Message {
+            flags: self.flags(None),
+            sender: self.own.0,
+            txid,
+            cert: Some(self.cert.to_bytes().to_vec()),
+            body: Body::Hello,
+        };
+        let Some(bytes) = self.auth.seal(encode(&m), Kind::Hello, &self.own, None) else {
+            return;
+        };
+        self.requests.insert(
+            txid,
+            Request {
+                to,
+                addr,
+                sent: now.mono,
+                purpose,
+            },
+        );
+        self.stats.sent += 1;
+        self.out.push_back((addr, bytes));
+    }
+
+    fn fresh_txid(&self, rng: &mut dyn RngCore) -> u64 {
+        // Bounded: a collision among ≤ 4096 in flight is ~2^-52 per draw.
+        for _ in 0..8 {
+            let t = rng.next_u64();
+            if t != 0 && !self.requests.contains_key(&t) {
+                return t;
+            }
+        }
+        rng.next_u64() | 1
+    }
+
+    /// Sends a reply (tagged under the pair key the request just proved, carrying our
+    /// certificate when the requester lacks it).
+    fn reply(&mut self, to: &Sender, addr: SocketAddr, txid: u64, body: Body) {
+        let kind = body.kind();
+        let m = Message {
+            flags: self.flags(Some(&to.id)),
+            sender: self.own.0,
+            txid,
+            cert: (to.need_cert || self.auth.must_send_cert(&to.id))
+                .then(|| self.cert.to_bytes().to_vec()),
+            body,
+        };
+        if let Some(bytes) = self.auth.seal(encode(&m), kind, &to.id, Some(&to.x25519)) {
+            self.stats.sent += 1;
+            self.out.push_back((addr, bytes));
+        }
+    }
+
+    fn contacts_for(&self, target: &Key, exclude: &Key) -> Vec<WireContact> {
+        self.table
+            .closest(target, self.config.k + 1)
+            .into_iter()
+            .filter(|c| c.id != *exclude)
+            .take(self.config.k)
+            .map(|c| WireContact {
+                id: c.id,
+                x25519: c.x25519,
+                addr: c.addr,
+            })
+            .collect()
+    }
+
+    fn on_request(
+        &mut self,
+        s: Sender,
+        src: SocketAddr,
+        m: Message,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) {
+        let body = match m.body {
+            Body::Hello => Body::HelloAck { observed: src },
+            Body::Ping => Body::Pong { observed: src },
+            Body::FindNode { target } => Body::Nodes {
+                observed: src,
+                nodes: self.contacts_for(&target, &s.id),
+            },
+            Body::FindValue { key } => Body::Value {
+                observed: src,
+                record: self
+                    .store
+                    .get(&key, now.wall.as_secs())
+                    .map(|r| r.encode(true)),
+                nodes: self.contacts_for(&key, &s.id),
+            },
+            Body::Store { key, record } => {
+                let result = self.on_store(&s, key, &record, now);
+                Body::Stored {
+                    observed: src,
+                    result,
+                }
+            }
+            _ => return,
+        };
+        self.reply(&s, src, m.txid, body);
+        // A proven server enters our table once its address answers a PING of ours.
+        if s.proven && s.server {
+            match self.table.get(&s.id) {
+                Some(c) if c.addr == src => {
+                    self.admit(&s, src, now, rng);
+                }
+                _ => {
+                    let confirming = self
+                        .requests
+                        .values()
+                        .filter(|r| r.purpose == Purpose::Confirm)
+                        .count();
+                    let already = self
+                        .requests
+                        .values()
+                        .any(|r| r.purpose == Purpose::Confirm && r.to == Some(s.id));
+                    if confirming < MAX_CONFIRMING && !already {
+                        self.send_request(s.id, src, None, Body::Ping, Purpose::Confirm, now, rng);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_store(&mut self, s: &Sender, key: Key, bytes: &[u8], now: Now) -> StoreResult {
+        if !s.proven {
+            self.stats.store_refused += 1;
+            return StoreResult::Invalid;
+        }
+        let certs = &self.certs;
+        let rec = match NodeRecord::decode(bytes, &|h| certs.get(h).cloned()) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.store_refused += 1;
+                return StoreResult::Invalid;
+            }
+        };
+        if rec
+            .verify(&self.ca, &mut self.certs, now.wall.as_secs())
+            .is_err()
+            || !rec.valid_under(&key)
+        {
+            self.stats.store_refused += 1;
+            return StoreResult::Invalid;
+        }
+        match self.store.put(key, rec, s.id, now.wall.as_secs()) {
+            Ok(_) => {
+                self.stats.stored += 1;
+                StoreResult::Ok
+            }
+            Err(super::store::StoreRefusal::SourceFull | super::store::StoreRefusal::Full) => {
+                self.stats.store_refused += 1;
+                StoreResult::Full
+            }
+            Err(_) => {
+                self.stats.store_refused += 1;
+                StoreResult::Stale
+            }
+        }
+    }
+
+    /// Puts a confirmed, proven server into the table (pinging a full bucket's oldest).
+    fn admit(&mut self, s: &Sender, addr: SocketAddr, now: Now, rng: &mut dyn RngCore) {
+        if !s.server || !s.proven {
+            return;
+        }
+        let c = Contact {
+            id: s.id,
+            addr,
+            x25519: s.x25519,
+            last_seen: now.mono,
+            failures: 0,
+        };
+        if let Observed::PingOldest(old) = self.table.observe(c) {
+            self.send_request(
+                old.id,
+                old.addr,
+                None,
+                Body::Ping,
+                Purpose::BucketCheck,
+                now,
+                rng,
+            );
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        s: Sender,
+        src: SocketAddr,
+        m: Message,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) {
+        let Some(req) = self.requests.get(&m.txid).copied() else {
+            self.stats.unexpected += 1;
+            return;
+        };
+        let kind_ok = matches!(
+            (req.purpose, &m.body),
+            (Purpose::Hello, Body::HelloAck { .. })
+                | (Purpose::UserPing, Body::HelloAck { .. } | Body::Pong { .. })
+                | (Purpose::BucketCheck | Purpose::Confirm, Body::Pong { .. })
+                | (Purpose::Lookup(..), Body::Nodes { .. } | Body::Value { .. })
+                | (Purpose::Store, Body::Stored { .. })
+        );
+        if req.addr != src || req.to.is_some_and(|t| t != s.id) || !s.proven || !kind_ok {
+            self.stats.unexpected += 1;
+            return;
+        }
+        self.requests.remove(&m.txid);
+        // It answered at the address we sent to: confirmed.
+        self.admit(&s, src, now, rng);
+        let observed = match &m.body {
+            Body::HelloAck { observed }
+            | Body::Pong { observed }
+            | Body::Nodes { observed, .. }
+            | Body::Value { observed, .. }
+            | Body::Stored { observed, .. } => Some(*observed),
+            _ => None,
+        };
+        if let Some(addr) = observed {
+            self.events.push_back(DhtEvent::ObservedAddr {
+                addr,
+                reporter: s.id,
+            });
+        }
+        match (req.purpose, m.body) {
+            (Purpose::Hello, _) => {
+                if let Some(id) = self.join_pending.take() {
+                    self.start_lookup(id, self.own, LookupKind::Node, Goal::Report, now, rng);
+                }
+            }
+            (Purpose::UserPing, _) => self.events.push_back(DhtEvent::PingResult {
+                node: s.id,
+                addr: src,
+                ok: true,
+                rtt: Some(now.mono.saturating_sub(req.sent)),
+            }),
+            (Purpose::BucketCheck, _) => self.table.ping_result(&s.id, true, now.mono),
+            (Purpose::Lookup(id, path), Body::Nodes { nodes, .. }) => {
+                self.lookup_reply(id, path, &s.id, &nodes, None, now, rng);
+            }
+            (Purpose::Lookup(id, path), Body::Value { record, nodes, .. }) => {
+                self.lookup_reply(id, path, &s.id, &nodes, record, now, rng);
+            }
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_reply(
+        &mut self,
+        id: LookupId,
+        path: usize,
+        from: &Key,
+        nodes: &[WireContact],
+        record: Option<Vec<u8>>,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) {
+        let verified = record.and_then(|bytes| {
+            let certs = &self.certs;
+            let rec = NodeRecord::decode(&bytes, &|h| certs.get(h).cloned()).ok()?;
+            let target = self.lookups.get(&id).map(|(l, _)| l.target)?;
+            let ok = rec
+                .verify(&self.ca, &mut self.certs, now.wall.as_secs())
+                .is_ok()
+                && rec.valid_under(&target);
+            if !ok {
+                self.stats.bad_records += 1;
+            }
+            ok.then_some(rec)
+        });
+        let Some((l, _)) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        if !l.expects(path, from) {
+            return;
+        }
+        match verified {
+            Some(rec) => l.found(path, from, rec),
+            None => {
+                let cands: Vec<Candidate> = nodes
+                    .iter()
+                    .map(|c| Candidate {
+                        id: c.id,
+                        addr: c.addr,
+                        x25519: c.x25519,
+                        hops: 0,
+                    })
+                    .collect();
+                l.on_reply(path, from, &cands);
+            }
+        }
+        self.advance(id, now, rng);
+    }
+
+    fn on_failure(&mut self, r: Request, now: Now, rng: &mut dyn RngCore) {
+        if let Some(to) = r.to {
+            self.auth.peer_may_lack_cert(&to);
+        }
+        match r.purpose {
+            Purpose::Lookup(id, path) => {
+                if let Some(to) = r.to {
+                    self.table.failed(&to);
+                    if let Some((l, _)) = self.lookups.get_mut(&id) {
+                        l.on_failure(path, &to);
+                    }
+                }
+                self.advance(id, now, rng);
+            }
+            Purpose::UserPing => {
+                if let Some(to) = r.to {
+                    self.events.push_back(DhtEvent::PingResult {
+                        node: to,
+                        addr: r.addr,
+                        ok: false,
+                        rtt: None,
+                    });
+                }
+            }
+            Purpose::BucketCheck => {
+                if let Some(to) = r.to {
+                    self.table.ping_result(&to, false, now.mono);
+                }
+            }
+            Purpose::Hello => {
+                // Every bootstrap silent: try the join again at the next HELLO round.
+                let waiting = self.requests.values().any(|q| q.purpose == Purpose::Hello);
+                if !waiting {
+                    if let Some(id) = self.join_pending.take() {
+                        // Report the failed join so the owner can retry later.
+                        let l = Lookup::new(
+                            id,
+                            self.own,
+                            LookupKind::Node,
+                            self.own,
+                            Vec::new(),
+                            1,
+                            1,
+                            1,
+                            now.mono,
+                        );
+                        self.finish(l, Goal::Report, now, rng);
+                    }
+                }
+            }
+            Purpose::Confirm | Purpose::Store => {}
+        }
+    }
+}
