@@ -20,4 +20,5 @@ pub mod node;
 pub mod peers;
 pub mod rand;
 pub mod ratelimit;
+pub mod sim;
 pub mod transport;
