@@ -45,3 +45,37 @@ fn another_seed_gives_another_run() {
     // Both still find what they look for on a small network.
     assert!(ra.lookups.success >= 0.99 && rb.lookups.success >= 0.99);
 }
+
+/// The production DHT (real records, signatures and authentication) on the same scenario.
+/// Smaller than the reference run (every node verifies real ML-DSA-87 signatures);
+/// `perf-scripts/sim` runs it at 10,000 nodes. `SIM_PROD_NODES` overrides the size.
+#[test]
+#[ignore = "minutes per 100 nodes (real ML-DSA-87 everywhere); run by perf-scripts/sim"]
+fn production_dht_meets_the_goals_and_replays() {
+    let n = std::env::var("SIM_PROD_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut cfg = ScenarioConfig::new(n, 7);
+    cfg.lookups = 300;
+    let a =
+        shadowmesh_control::sim::prod::run_scenario(&cfg, 2, &mut |l| eprintln!("{l}")).unwrap();
+    let json = serde_json::to_string_pretty(&a).unwrap();
+    eprintln!("{json}");
+    assert!(a.lookups.success >= 0.99, "{}", a.lookups.success);
+    assert!(a.lookups.hops_median <= 4);
+    assert!(a.lookups.hops_p99 <= 8);
+    assert!(a.time_p50_over_rtt <= 4.0, "{}", a.time_p50_over_rtt);
+    assert!(a.churn.after.success >= 0.99, "{}", a.churn.after.success);
+    assert!(
+        a.liars.disjoint.success >= 0.95,
+        "{}",
+        a.liars.disjoint.success
+    );
+    let b = shadowmesh_control::sim::prod::run_scenario(&cfg, 2, &mut |_| {}).unwrap();
+    assert_eq!(
+        json,
+        serde_json::to_string_pretty(&b).unwrap(),
+        "same seed, same summary"
+    );
+}

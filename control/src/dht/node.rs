@@ -70,6 +70,9 @@ pub struct DhtConfig {
     pub server: bool,
     /// Record store bounds.
     pub store_limits: StoreLimits,
+    /// Simulation only: answer lookups with the farthest contacts and no record (a lying
+    /// member, for the simulator's attack phase). Never set by the daemon.
+    pub liar: bool,
 }
 
 impl Default for DhtConfig {
@@ -83,6 +86,7 @@ impl Default for DhtConfig {
             republish_interval: Duration::from_secs(20 * 60),
             server: true,
             store_limits: StoreLimits::default(),
+            liar: false,
         }
     }
 }
@@ -297,6 +301,11 @@ impl<'a> Dht<'a> {
         if !self.bootstrap.contains(&addr) && self.bootstrap.len() < 16 {
             self.bootstrap.push(addr);
         }
+    }
+
+    /// Simulation only: see [`DhtConfig::liar`].
+    pub fn set_liar(&mut self, on: bool) {
+        self.config.liar = on;
     }
 
     /// Our node id.
@@ -741,9 +750,11 @@ impl<'a> Dht<'a> {
     }
 
     fn contacts_for(&self, target: &Key, exclude: &Key) -> Vec<WireContact> {
-        self.table
-            .closest(target, self.config.k + 1)
-            .into_iter()
+        let mut all = self.table.closest(target, usize::MAX);
+        if self.config.liar {
+            all.reverse();
+        }
+        all.into_iter()
             .filter(|c| c.id != *exclude)
             .take(self.config.k)
             .map(|c| WireContact {
@@ -774,6 +785,7 @@ impl<'a> Dht<'a> {
                 record: self
                     .store
                     .get(&key, now.wall.as_secs())
+                    .filter(|_| !self.config.liar)
                     .map(|r| r.encode(true)),
                 nodes: self.contacts_for(&key, &s.id),
             },

@@ -18,6 +18,7 @@
 pub mod ids;
 pub mod kad;
 pub mod net;
+pub mod prod;
 pub mod scenario;
 pub mod toy;
 pub mod wire;

@@ -59,6 +59,9 @@ pub trait DhtUnderTest: MessageNode {
     fn poll_result(&mut self) -> Option<LookupResult>;
     /// How a lying node rewrites an outgoing message (None: sent unchanged).
     fn lie(&self, msg: &[u8]) -> Option<Vec<u8>>;
+    /// Turns the node into a liar from within (a DHT whose messages are authenticated cannot
+    /// be rewritten on the wire; the production `Dht` lies itself, with its own keys).
+    fn set_liar(&mut self, _on: bool) {}
     /// Contacts in the routing table.
     fn table_len(&self) -> usize;
     /// Records held.
@@ -554,7 +557,10 @@ where
         }
         let newly = r
             .sim
-            .with_node(c, |x, _, _| !std::mem::replace(&mut x.inner.liar, true))
+            .with_node(c, |x, _, _| {
+                x.inner.dht.set_liar(true);
+                !std::mem::replace(&mut x.inner.liar, true)
+            })
             .unwrap_or(false);
         if newly {
             liars.liars += 1;

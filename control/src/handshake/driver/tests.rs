@@ -687,9 +687,40 @@ fn unconfirmed_new_node_leaves_no_peer_route_or_endpoint() {
             _ => None,
         })
         .expect("a pending session");
-    assert!(out
+    // No route and no endpoint: only the pending session, its M2, and the certified source
+    // prefixes for the inbound check of that session's packets (never outbound routing).
+    assert!(out.iter().all(|m| matches!(
+        m,
+        DownMsg::InstallSession(_) | DownMsg::SendControl { .. } | DownMsg::SetSources { .. }
+    )));
+    let sources = out
         .iter()
-        .all(|m| matches!(m, DownMsg::InstallSession(_) | DownMsg::SendControl { .. })));
+        .find_map(|m| match m {
+            DownMsg::SetSources { peer, prefixes } if *peer == reserved => Some(prefixes.clone()),
+            _ => None,
+        })
+        .expect("the certified sources of the pending peer");
+    // Exactly the certificate's own (host) addresses.
+    let certified: Vec<std::net::IpAddr> = c_cert
+        .body
+        .ipv4
+        .iter()
+        .map(|(a, _)| std::net::IpAddr::V4(*a))
+        .chain(
+            c_cert
+                .body
+                .ipv6
+                .iter()
+                .map(|(a, _)| std::net::IpAddr::V6(*a)),
+        )
+        .collect();
+    assert!(
+        certified
+            .iter()
+            .all(|ip| sources.iter().any(|(a, _)| a == ip))
+            && sources.iter().all(|(a, _)| certified.contains(a)),
+        "{sources:?}"
+    );
     assert!(b.peers().is_empty());
     let out = b.handle_timeout(T0 + b.settings().reject_after);
     assert!(out.contains(&DownMsg::RemovePeer { peer: reserved }));
