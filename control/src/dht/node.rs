@@ -50,6 +50,10 @@ pub const MAX_PUBLISHED: usize = 4;
 pub const MAX_CONFIRMING: usize = 256;
 /// Finished lookups kept for status.
 pub const RECENT_LOOKUPS: usize = 32;
+/// A node's address is confirmed at most once per this interval.
+pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(60);
+/// Nodes remembered as recently confirmed.
+pub const MAX_CONFIRMED: usize = 4096;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -243,6 +247,8 @@ pub struct Dht<'a> {
     table: RoutingTable,
     store: RecordStore,
     requests: BTreeMap<u64, Request>,
+    /// When we last sent each node an address confirmation.
+    confirmed: BTreeMap<Key, Duration>,
     lookups: BTreeMap<LookupId, (Lookup, Goal)>,
     next_lookup: u64,
     bootstrap: Vec<SocketAddr>,
@@ -281,6 +287,7 @@ impl<'a> Dht<'a> {
             cert,
             ca,
             requests: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
             lookups: BTreeMap::new(),
             next_lookup: 1,
             bootstrap: Vec::new(),
@@ -773,6 +780,7 @@ impl<'a> Dht<'a> {
         now: Now,
         rng: &mut dyn RngCore,
     ) {
+        let is_ping = matches!(m.body, Body::Ping | Body::Hello);
         let body = match m.body {
             Body::Hello => Body::HelloAck { observed: src },
             Body::Ping => Body::Pong { observed: src },
@@ -799,8 +807,14 @@ impl<'a> Dht<'a> {
             _ => return,
         };
         self.reply(&s, src, m.txid, body);
-        // A proven server enters our table once its address answers a PING of ours.
-        if s.proven && s.server {
+        // A proven server enters our table once its address answers a PING of ours. Not for
+        // a PING (it may be the other side's own confirmation: two nodes whose buckets are
+        // full would confirm each other forever), and once per node per CONFIRM_INTERVAL.
+        let recently = self
+            .confirmed
+            .get(&s.id)
+            .is_some_and(|t| now.mono.saturating_sub(*t) < CONFIRM_INTERVAL);
+        if s.proven && s.server && !is_ping && !recently {
             match self.table.get(&s.id) {
                 Some(c) if c.addr == src => {
                     self.admit(&s, src, now, rng);
@@ -816,6 +830,13 @@ impl<'a> Dht<'a> {
                         .values()
                         .any(|r| r.purpose == Purpose::Confirm && r.to == Some(s.id));
                     if confirming < MAX_CONFIRMING && !already {
+                        if self.confirmed.len() >= MAX_CONFIRMED {
+                            let cutoff = now.mono.saturating_sub(CONFIRM_INTERVAL);
+                            self.confirmed.retain(|_, t| *t >= cutoff);
+                        }
+                        if self.confirmed.len() < MAX_CONFIRMED {
+                            self.confirmed.insert(s.id, now.mono);
+                        }
                         self.send_request(s.id, src, None, Body::Ping, Purpose::Confirm, now, rng);
                     }
                 }
