@@ -480,8 +480,11 @@ pub fn dht_record(data: &[u8]) {
         return;
     };
     assert!(data.len() <= MAX_RECORD_LEN);
+    // The re-decode of the hash-only form needs the record's own certificate, which a mutated
+    // full-certificate record carries but the fixture network does not know.
+    let own = |h: &[u8; 32]| (&rec.cert.hash() == h).then(|| rec.cert.clone());
     for full in [true, false] {
-        let again = NodeRecord::decode(&rec.encode(full), &by_hash).expect("re-decode");
+        let again = NodeRecord::decode(&rec.encode(full), &own).expect("re-decode");
         assert_eq!(again, rec);
     }
     let keys = rec.keys();
