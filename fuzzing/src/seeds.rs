@@ -56,6 +56,7 @@ pub fn all() -> Vec<Seed> {
     add("config", configs());
     add("api_request", requests());
     add("dht_record", dht_records());
+    add("dht_message", dht_messages());
     out
 }
 
@@ -499,4 +500,81 @@ fn dht_records() -> Named {
         ("b-relays-hash", b.encode(false)),
         ("max-endpoints-full", many.encode(true)),
     ]
+}
+
+/// One DHT message of every kind from B to A, sealed under their real pair key (HELLO
+/// untagged), the STORE and VALUE carrying a real record.
+fn dht_messages() -> Named {
+    use shadowmesh_control::dht::auth::Auth;
+    use shadowmesh_control::dht::key::Key;
+    use shadowmesh_control::dht::messages::{
+        self as wire, Body, Message, StoreResult, WireContact,
+    };
+    use shadowmesh_control::dht::record::NodeRecord;
+    let n = net();
+    let t = NOW.as_secs();
+    let record = NodeRecord::sign(&n.b, &n.b_cert, vec![src()], vec![], 3, t + 600)
+        .expect("sign record B")
+        .encode(true);
+    let b_key = Key::for_node(&n.b_cert.node_id());
+    let a_key = Key::for_node(&n.a_cert.node_id());
+    let contact = WireContact {
+        id: a_key,
+        x25519: n.a_cert.body.public.x25519,
+        addr: src(),
+    };
+    let bodies = vec![
+        ("hello", Body::Hello),
+        ("hello-ack", Body::HelloAck { observed: src() }),
+        ("ping", Body::Ping),
+        ("pong", Body::Pong { observed: src() }),
+        ("find-node", Body::FindNode { target: a_key }),
+        (
+            "nodes",
+            Body::Nodes {
+                observed: src(),
+                nodes: vec![contact],
+            },
+        ),
+        ("find-value", Body::FindValue { key: b_key }),
+        (
+            "value",
+            Body::Value {
+                observed: src(),
+                record: Some(record.clone()),
+                nodes: vec![contact],
+            },
+        ),
+        ("store", Body::Store { key: b_key, record }),
+        (
+            "stored",
+            Body::Stored {
+                observed: src(),
+                result: StoreResult::Ok,
+            },
+        ),
+    ];
+    let mut auth = Auth::new(&n.b, 4);
+    bodies
+        .into_iter()
+        .map(|(name, body)| {
+            let kind = body.kind();
+            let msg = Message {
+                flags: 0,
+                sender: n.b_cert.node_id(),
+                txid: 42,
+                cert: Some(n.b_cert.to_bytes().to_vec()),
+                body,
+            };
+            let sealed = auth
+                .seal(
+                    wire::encode(&msg),
+                    kind,
+                    &a_key,
+                    Some(&n.a_cert.body.public.x25519),
+                )
+                .expect("seal");
+            (name, sealed)
+        })
+        .collect()
 }

@@ -15,10 +15,15 @@ use std::time::Duration;
 use shadowmesh_control::api;
 use shadowmesh_control::armor;
 use shadowmesh_control::cert::{CaPublic, NodeCert};
+use shadowmesh_control::clock::Now;
 use shadowmesh_control::config::Config;
 use shadowmesh_control::cookie::{CookieChecker, StaticKeys};
+use shadowmesh_control::dht::auth::Auth;
 use shadowmesh_control::dht::certs::CertCache;
+use shadowmesh_control::dht::key::Key;
+use shadowmesh_control::dht::messages as dht_wire;
 use shadowmesh_control::dht::record::{NodeRecord, MAX_RECORD_LEN};
+use shadowmesh_control::dht::{Dht, DhtConfig};
 use shadowmesh_control::handshake::messages::{
     CookieReply, COOKIE_REPLY_LEN, M1, M2, M2_LEN, M2_MAC1_AT, MAC_LEN,
 };
@@ -54,6 +59,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("api_request", api_request),
     ("dht_record", dht_record),
+    ("dht_message", dht_message),
 ];
 
 /// The target called `name`.
@@ -496,4 +502,94 @@ pub fn dht_record(data: &[u8]) {
             "a record under a certificate the CA never signed verifies"
         );
     }
+}
+
+/// One DHT datagram into node A's [`Dht`], twice: as the fuzzer wrote it (whose tag essentially
+/// never verifies, so this exercises parse and authentication) and, when it parses, re-sealed by
+/// B under the real pair key with B's certificate (so the body reaches the state machine as
+/// from an authenticated member). Invariants: the parse is canonical (re-encoding gives the
+/// same bytes), and an input that fails authentication changes nothing and sends nothing,
+/// except that a CA-valid HELLO is answered (it is untagged by design).
+pub fn dht_message(data: &[u8]) {
+    use rand_core::SeedableRng;
+    let n = net();
+    let now = Now {
+        mono: Duration::from_secs(100),
+        wall: NOW,
+    };
+    let mut rng = shadowmesh_control::rand::SeededRng::seed_from_u64(7);
+    let src: SocketAddr = "198.51.100.2:51820".parse().expect("literal");
+    let mut dht = Dht::new(&n.a, n.a_cert.clone(), n.ca.clone(), DhtConfig::default());
+    let parsed = dht_wire::parse(data).ok().map(|p| {
+        assert_eq!(
+            dht_wire::encode(&p.msg),
+            p.signed,
+            "the parse is not canonical"
+        );
+        p.msg
+    });
+
+    dht.handle_message(src, data, now, &mut rng);
+    let st = dht.stats();
+    if st.unauthenticated + st.malformed == 1 {
+        assert_eq!(
+            dht.routing_table().count(),
+            0,
+            "unauthenticated input entered the table"
+        );
+        assert_eq!(
+            dht.store().len(),
+            0,
+            "unauthenticated input stored a record"
+        );
+        assert!(
+            dht.poll_transmit().is_none(),
+            "unauthenticated input was answered"
+        );
+    }
+    while dht.poll_transmit().is_some() {}
+    while dht.poll_event().is_some() {}
+
+    let Some(mut msg) = parsed else {
+        return;
+    };
+    msg.sender = n.b_cert.node_id();
+    msg.cert = Some(n.b_cert.to_bytes().to_vec());
+    let kind = msg.body.kind();
+    let mut b = Auth::new(&n.b, 4);
+    let a_id = Key::for_node(&n.a_cert.node_id());
+    let Some(sealed) = b.seal(
+        dht_wire::encode(&msg),
+        kind,
+        &a_id,
+        Some(&n.a_cert.body.public.x25519),
+    ) else {
+        return;
+    };
+    if sealed.len() > dht_wire::MAX_MESSAGE_LEN {
+        return; // B's certificate made it longer than any message may be.
+    }
+    let before = dht.stats();
+    dht.handle_message(src, &sealed, now, &mut rng);
+    let after = dht.stats();
+    assert_eq!(
+        (after.malformed, after.unauthenticated),
+        (before.malformed, before.unauthenticated),
+        "B's re-sealed message did not authenticate"
+    );
+    for _ in 0..64 {
+        if dht.poll_transmit().is_none() {
+            break;
+        }
+    }
+    while dht.poll_event().is_some() {}
+    let later = Now {
+        mono: now.mono + Duration::from_secs(30),
+        wall: now.wall + Duration::from_secs(30),
+    };
+    dht.handle_timeout(later, &mut rng);
+    assert!(
+        dht.store().len() <= 1,
+        "one STORE stored more than one record"
+    );
 }
