@@ -5,8 +5,10 @@
 //! binding, allowed prefixes). It must never accept a certificate it has not verified against a
 //! CA public key, and the parser must never panic: every field is length-prefixed with a hard cap.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use aws_lc_rs::signature::{
     KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_87, ML_DSA_87_SIGNING,
@@ -166,8 +168,17 @@ pub struct NodeCertRequest {
 
 /// A CA-signed node certificate. Construct by [`Ca::sign`] or [`NodeCert::from_bytes`]; trust
 /// only after [`NodeCert::verify`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeCert {
+///
+/// Immutable and shared: a clone is a reference count, and every certificate parsed or signed
+/// in this process with the same bytes is the same allocation (see [`CertData`]). A
+/// post-quantum certificate is ~9 KB (twice that parsed), and a node holds the same one in
+/// its routing cache, its record store (once per key) and its sessions; the simulator holds
+/// each of its thousands of nodes' certificates in every node that met it.
+#[derive(Clone)]
+pub struct NodeCert(Arc<CertData>);
+
+/// The contents of a [`NodeCert`] (reached through `Deref`: `cert.body.name`).
+pub struct CertData {
     /// The certified contents.
     pub body: NodeCertRequest,
     /// SHA-256 of the issuing CA's public key.
@@ -175,6 +186,80 @@ pub struct NodeCert {
     /// ML-DSA-87 signature by the CA over the context string and the body encoding.
     pub signature: Vec<u8>,
     encoded: Vec<u8>,
+    hash: [u8; 32],
+    /// The id of the CA whose signature over these exact bytes verified. The check is a pure
+    /// function of the bytes and the CA key, so it is done once per process; the validity
+    /// window is checked on every [`NodeCert::verify`].
+    verified_by: OnceLock<[u8; 32]>,
+}
+
+impl std::ops::Deref for NodeCert {
+    type Target = CertData;
+    fn deref(&self) -> &CertData {
+        &self.0
+    }
+}
+
+impl PartialEq for NodeCert {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.encoded == other.encoded
+    }
+}
+impl Eq for NodeCert {}
+
+impl std::fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCert")
+            .field("body", &self.body)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process's certificates by SHA-256 of their encoding (weak: a certificate nobody holds
+/// any more goes). Dead entries are swept when the map has doubled since the last sweep, so
+/// its size stays within twice the live certificates.
+struct Interned {
+    map: HashMap<[u8; 32], Weak<CertData>>,
+    sweep_at: usize,
+}
+
+fn interned() -> MutexGuard<'static, Interned> {
+    static CERTS: OnceLock<Mutex<Interned>> = OnceLock::new();
+    CERTS
+        .get_or_init(|| {
+            Mutex::new(Interned {
+                map: HashMap::new(),
+                sweep_at: 1024,
+            })
+        })
+        .lock()
+        // The map holds no invariant a panicking holder could break half-way.
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NodeCert {
+    fn lookup(hash: &[u8; 32], bytes: &[u8]) -> Option<Self> {
+        let live = interned().map.get(hash)?.upgrade()?;
+        (live.encoded == bytes).then_some(Self(live))
+    }
+
+    fn intern(data: CertData) -> Self {
+        let mut t = interned();
+        if let Some(live) = t.map.get(&data.hash).and_then(Weak::upgrade) {
+            if live.encoded == data.encoded {
+                return Self(live);
+            }
+        }
+        let hash = data.hash;
+        let arc = Arc::new(data);
+        t.map.insert(hash, Arc::downgrade(&arc));
+        if t.map.len() >= t.sweep_at {
+            t.map.retain(|_, w| w.strong_count() > 0);
+            t.sweep_at = (t.map.len() * 2).max(1024);
+        }
+        Self(arc)
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -281,7 +366,7 @@ impl NodeCert {
     /// other side has it cached.
     #[must_use]
     pub fn hash(&self) -> [u8; 32] {
-        sha256(&[&self.encoded])
+        self.hash
     }
 
     /// The certified node ID (SHA-256 of the signing key; checked by [`Self::verify`]).
@@ -298,6 +383,10 @@ impl NodeCert {
     pub fn from_bytes(b: &[u8]) -> Result<Self, CertError> {
         if b.len() > MAX_CERT_LEN {
             return Err(CertError::TooLarge("certificate"));
+        }
+        let hash = sha256(&[b]);
+        if let Some(known) = Self::lookup(&hash, b) {
+            return Ok(known);
         }
         let mut r = Reader(b);
         if r.u8() != Some(CERT_VERSION) {
@@ -348,7 +437,7 @@ impl NodeCert {
         if public.node_id() != node_id {
             return Err(CertError::NodeIdMismatch);
         }
-        Ok(Self {
+        Ok(Self::intern(CertData {
             body: NodeCertRequest {
                 public,
                 name,
@@ -362,7 +451,9 @@ impl NodeCert {
             issuer,
             signature,
             encoded: b.to_vec(),
-        })
+            hash,
+            verified_by: OnceLock::new(),
+        }))
     }
 
     /// Checks the CA signature, the issuer, the validity window at `now` (unix seconds) and
@@ -371,8 +462,12 @@ impl NodeCert {
     /// # Errors
     /// The first failed check.
     pub fn verify(&self, ca: &CaPublic, now: u64) -> Result<(), CertError> {
-        if self.issuer != ca.id() {
+        let ca_id = ca.id();
+        if self.issuer != ca_id {
             return Err(CertError::WrongIssuer);
+        }
+        if self.verified_by.get() == Some(&ca_id) {
+            return self.check_validity(now);
         }
         let tbs = self.body.encode_tbs(&self.issuer);
         // The stored encoding must be exactly what was signed (no malleable re-encodings).
@@ -386,6 +481,8 @@ impl NodeCert {
         if self.encoded.get(1..1 + NODE_ID_LEN) != Some(&self.body.public.node_id()[..]) {
             return Err(CertError::NodeIdMismatch);
         }
+        // Only a full success is remembered; the issuer is fixed, so no other CA can race in.
+        let _ = self.verified_by.set(ca_id);
         self.check_validity(now)
     }
 
@@ -597,12 +694,15 @@ impl Ca {
         let mut encoded = tbs;
         encoded.extend_from_slice(&sig_len.to_le_bytes());
         encoded.extend_from_slice(&signature);
-        Ok(NodeCert {
+        let hash = sha256(&[&encoded]);
+        Ok(NodeCert::intern(CertData {
             body: req,
             issuer,
             signature,
             encoded,
-        })
+            hash,
+            verified_by: OnceLock::new(),
+        }))
     }
 
     /// Writes the CA secret (`version | name | ML-DSA PKCS#8 v1 seed form`) 0600, atomically.
@@ -666,9 +766,15 @@ pub(crate) mod tests {
             Err(CertError::WrongIssuer)
         ));
         // Same issuer ID but a different key cannot happen; a forged issuer field fails the sig.
-        let mut forged = cert.clone();
-        forged.issuer = other.public().id();
+        let mut bytes = cert.to_bytes().to_vec();
+        let at = bytes.len() - 2 - MLDSA_SIG_LEN - 32;
+        bytes[at..at + 32].copy_from_slice(&other.public().id());
+        let forged = NodeCert::from_bytes(&bytes).unwrap();
+        assert_eq!(forged.issuer, other.public().id());
         assert!(forged.verify(other.public(), 1500).is_err());
+        // A success is remembered per CA, and dates are still checked on every call.
+        assert_eq!(cert.verified_by.get(), Some(&ca.public().id()));
+        assert!(forged.verified_by.get().is_none());
         assert!(matches!(
             cert.verify(ca.public(), 999),
             Err(CertError::NotYetValid {
@@ -691,6 +797,25 @@ pub(crate) mod tests {
         assert!(cert
             .allowed_prefixes()
             .contains(&Prefix::V4(Ipv4Addr::new(100, 64, 0, 1), 32)));
+    }
+
+    #[test]
+    fn equal_certificates_share_one_allocation() {
+        let ca = Ca::generate("ca").unwrap();
+        let id = Identity::generate().unwrap();
+        let cert = ca.sign(request(&id, "n", 0, u64::MAX)).unwrap();
+        let a = NodeCert::from_bytes(cert.to_bytes()).unwrap();
+        let b = NodeCert::from_armor(&cert.to_armor()).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &cert.0) && Arc::ptr_eq(&b.0, &cert.0));
+        assert_eq!(a.hash(), sha256(&[cert.to_bytes()]));
+        // Once nobody holds it, it goes; a later parse builds it again.
+        let weak = Arc::downgrade(&cert.0);
+        let bytes = cert.to_bytes().to_vec();
+        drop((a, b, cert));
+        assert!(weak.upgrade().is_none());
+        let again = NodeCert::from_bytes(&bytes).unwrap();
+        assert_eq!(again.to_bytes(), &bytes[..]);
+        assert!(again.verified_by.get().is_none());
     }
 
     #[test]

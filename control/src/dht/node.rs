@@ -177,7 +177,12 @@ pub struct DhtStats {
     pub bad_records: u64,
     /// Lookups finished.
     pub lookups: u64,
+    /// Messages sent, by type (index: type number - 1, see [`Kind`]).
+    pub sent_by_kind: [u64; KIND_COUNT],
 }
+
+/// Number of message types.
+pub const KIND_COUNT: usize = 10;
 
 impl DhtStats {
     /// `(name, value)` pairs for status output.
@@ -196,6 +201,38 @@ impl DhtStats {
             ("bad_records", self.bad_records),
             ("lookups", self.lookups),
         ]
+    }
+
+    /// `(type name, messages sent)` for every message type.
+    #[must_use]
+    pub fn sent_named(&self) -> Vec<(&'static str, u64)> {
+        KIND_NAMES
+            .iter()
+            .zip(self.sent_by_kind)
+            .map(|(n, v)| (*n, v))
+            .collect()
+    }
+}
+
+const KIND_NAMES: [&str; KIND_COUNT] = [
+    "hello",
+    "hello_ack",
+    "ping",
+    "pong",
+    "find_node",
+    "nodes",
+    "find_value",
+    "value",
+    "store",
+    "stored",
+];
+
+impl DhtStats {
+    fn count_sent(&mut self, kind: Kind) {
+        self.sent += 1;
+        if let Some(c) = self.sent_by_kind.get_mut(usize::from(kind as u8).saturating_sub(1)) {
+            *c += 1;
+        }
     }
 }
 
@@ -682,7 +719,7 @@ impl<'a> Dht<'a> {
                 purpose,
             },
         );
-        self.stats.sent += 1;
+        self.stats.count_sent(kind);
         self.out.push_back((addr, bytes));
         true
     }
@@ -723,7 +760,7 @@ impl<'a> Dht<'a> {
                 purpose,
             },
         );
-        self.stats.sent += 1;
+        self.stats.count_sent(Kind::Hello);
         self.out.push_back((addr, bytes));
     }
 
@@ -751,7 +788,7 @@ impl<'a> Dht<'a> {
             body,
         };
         if let Some(bytes) = self.auth.seal(encode(&m), kind, &to.id, Some(&to.x25519)) {
-            self.stats.sent += 1;
+            self.stats.count_sent(kind);
             self.out.push_back((addr, bytes));
         }
     }

@@ -137,6 +137,12 @@ impl DhtUnderTest for ProdDht<'_> {
     fn stored_len(&self) -> usize {
         self.dht.store().len()
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let st = self.dht.stats();
+        let mut v = st.named();
+        v.extend(st.sent_named());
+        v
+    }
 }
 
 /// The record keys of the production DHT.

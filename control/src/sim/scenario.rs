@@ -66,6 +66,10 @@ pub trait DhtUnderTest: MessageNode {
     fn table_len(&self) -> usize;
     /// Records held.
     fn stored_len(&self) -> usize;
+    /// The node's own counters by name (summed over the nodes up at the end; none by default).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A DHT node that may be switched into a liar.
@@ -212,6 +216,8 @@ pub struct Summary {
     pub churn: ChurnStats,
     /// Liars.
     pub liars: LiarStats,
+    /// The DHT's own counters summed over the nodes up at the end (messages sent by type, drops).
+    pub counters: BTreeMap<String, u64>,
     /// Attack checks the DHT adapter ran (forged / lower-seq / flood), by name.
     pub attacks: BTreeMap<String, serde_json::Value>,
     /// p50 lookup time / median RTT (first phase).
@@ -571,6 +577,14 @@ where
     std::mem::swap(&mut r.rng, &mut saved_rng);
     liars.single_path = r.lookups(cfg.lookups, false, progress);
 
+    let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..n {
+        if let Some(x) = r.sim.node(i) {
+            for (k, v) in x.inner.dht.counters() {
+                *counters.entry(k.to_owned()).or_default() += v;
+            }
+        }
+    }
     let time_p50_over_rtt = lookups.time_p50_ms / median_rtt_ms.max(1e-9);
     let summary = Summary {
         dht: name,
@@ -581,6 +595,7 @@ where
         lookups,
         churn,
         liars,
+        counters,
         attacks: BTreeMap::new(),
         time_p50_over_rtt,
         net: r.sim.net().stats(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shadowmesh_control::sim::ids::SimNetwork;
-use shadowmesh_control::sim::kad;
+use shadowmesh_control::sim::{kad, prod};
 use shadowmesh_control::sim::scenario::ScenarioConfig;
 use shadowmesh_control::sim::WALL_EPOCH;
 
@@ -27,6 +27,8 @@ struct Cli {
 enum Impl {
     /// The simulator's reference Kademlia (no authentication).
     Reference,
+    /// The production `Dht` (real records, ML-DSA-87 signatures, pairwise authentication).
+    Production,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +50,9 @@ enum Cmd {
         /// Which DHT to run.
         #[arg(long, value_enum, default_value_t = Impl::Reference)]
         dht: Impl,
+        /// Threads for building the production DHT's identities (the run itself is one thread).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
         /// No progress lines on stderr.
         #[arg(long)]
         quiet: bool,
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             lookups,
             loss,
             dht,
+            threads,
             quiet,
         } => {
             anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
@@ -107,6 +113,7 @@ fn main() -> anyhow::Result<()> {
             };
             let summary = match dht {
                 Impl::Reference => kad::run_scenario(&cfg, &mut progress),
+                Impl::Production => prod::run_scenario(&cfg, threads.max(1), &mut progress)?,
             };
             let wall = (wall_clock() - started).as_secs_f64();
             let out = serde_json::json!({
