@@ -71,6 +71,25 @@ fn production_dht_meets_the_goals_and_replays() {
         "{}",
         a.liars.disjoint.success
     );
+    // The attack phase ran, and a member's forged, older and flooded STOREs changed nothing
+    // beyond the per-source bound.
+    for name in ["forged_record", "lower_seq_record"] {
+        assert_eq!(
+            a.attacks[name]["refused"],
+            serde_json::json!(true),
+            "{name}: {}",
+            a.attacks[name]
+        );
+    }
+    let flood = &a.attacks["store_flood"];
+    assert!(flood["sent"].as_u64() > flood["per_source_bound"].as_u64(), "{flood}");
+    assert_eq!(flood["within_bound"], serde_json::json!(true), "{flood}");
+    // The counters the figures are computed from: every message type was sent, and every
+    // refused STORE is counted.
+    for kind in ["hello", "ping", "find_node", "find_value", "store", "value", "nodes"] {
+        assert!(a.counters[kind] > 0, "{kind}: {:?}", a.counters);
+    }
+    assert!(a.counters["store_refused"] >= 2, "{:?}", a.counters);
     let b = shadowmesh_control::sim::prod::run_scenario(&cfg, 2, &mut |_| {}).unwrap();
     assert_eq!(
         json,

@@ -230,7 +230,10 @@ const KIND_NAMES: [&str; KIND_COUNT] = [
 impl DhtStats {
     fn count_sent(&mut self, kind: Kind) {
         self.sent += 1;
-        if let Some(c) = self.sent_by_kind.get_mut(usize::from(kind as u8).saturating_sub(1)) {
+        if let Some(c) = self
+            .sent_by_kind
+            .get_mut(usize::from(kind as u8).saturating_sub(1))
+        {
             *c += 1;
         }
     }
@@ -415,21 +418,74 @@ impl<'a> Dht<'a> {
                 self.send_hello(addr, Purpose::Hello, now, rng);
             }
         } else {
-            self.start_lookup(id, self.own, LookupKind::Node, Goal::Report, now, rng);
+            self.start_lookup(
+                id,
+                self.own,
+                LookupKind::Node,
+                Goal::Report,
+                self.config.disjoint_paths,
+                now,
+                rng,
+            );
         }
     }
 
     /// Looks up the nodes closest to `target`.
     pub fn find_node(&mut self, target: Key, now: Now, rng: &mut dyn RngCore) -> LookupId {
         let id = self.new_lookup_id();
-        self.start_lookup(id, target, LookupKind::Node, Goal::Report, now, rng);
+        self.start_lookup(
+            id,
+            target,
+            LookupKind::Node,
+            Goal::Report,
+            self.config.disjoint_paths,
+            now,
+            rng,
+        );
         id
+    }
+
+    /// Simulation and tests only (never called by the daemon): sends a STORE of arbitrary
+    /// `record` bytes under `key` to node `to` at `addr`, tagged as this node — what a member
+    /// with valid credentials and bad intent can send (the simulator's attack phase).
+    /// Returns whether it was sent.
+    pub fn send_store_raw(
+        &mut self,
+        to: Key,
+        addr: SocketAddr,
+        key: Key,
+        record: Vec<u8>,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> bool {
+        let x25519 = self.table.get(&to).map(|c| c.x25519);
+        self.send_request(
+            to,
+            addr,
+            x25519,
+            Body::Store { key, record },
+            Purpose::Store,
+            now,
+            rng,
+        )
     }
 
     /// Looks up the record under `key` (verified, valid under the key, highest sequence).
     pub fn find_record(&mut self, key: Key, now: Now, rng: &mut dyn RngCore) -> LookupId {
+        self.find_record_over(key, self.config.disjoint_paths, now, rng)
+    }
+
+    /// [`find_record`](Self::find_record) over `paths` disjoint paths (1: plain Kademlia), e.g.
+    /// to compare both under attack.
+    pub fn find_record_over(
+        &mut self,
+        key: Key,
+        paths: usize,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> LookupId {
         let id = self.new_lookup_id();
-        self.start_lookup(id, key, LookupKind::Value, Goal::Report, now, rng);
+        self.start_lookup(id, key, LookupKind::Value, Goal::Report, paths, now, rng);
         id
     }
 
@@ -514,7 +570,15 @@ impl<'a> Dht<'a> {
                 rng.fill_bytes(&mut r);
                 let target = self.table.random_id_in(bucket, r);
                 let id = self.new_lookup_id();
-                self.start_lookup(id, target, LookupKind::Node, Goal::Refresh, now, rng);
+                self.start_lookup(
+                    id,
+                    target,
+                    LookupKind::Node,
+                    Goal::Refresh,
+                    self.config.disjoint_paths,
+                    now,
+                    rng,
+                );
             }
             self.store.expire(now.wall.as_secs());
         }
@@ -534,6 +598,7 @@ impl<'a> Dht<'a> {
                 key,
                 LookupKind::Node,
                 Goal::Publish(Box::new(record.clone())),
+                self.config.disjoint_paths,
                 now,
                 rng,
             );
@@ -546,6 +611,7 @@ impl<'a> Dht<'a> {
         target: Key,
         kind: LookupKind,
         goal: Goal,
+        paths: usize,
         now: Now,
         rng: &mut dyn RngCore,
     ) {
@@ -575,7 +641,7 @@ impl<'a> Dht<'a> {
             initial,
             self.config.k,
             self.config.alpha,
-            self.config.disjoint_paths,
+            paths.max(1),
             now.mono,
         );
         // A record we hold ourselves is as good as one fetched (it was verified on store).
@@ -987,7 +1053,15 @@ impl<'a> Dht<'a> {
         match (req.purpose, m.body) {
             (Purpose::Hello, _) => {
                 if let Some(id) = self.join_pending.take() {
-                    self.start_lookup(id, self.own, LookupKind::Node, Goal::Report, now, rng);
+                    self.start_lookup(
+                        id,
+                        self.own,
+                        LookupKind::Node,
+                        Goal::Report,
+                        self.config.disjoint_paths,
+                        now,
+                        rng,
+                    );
                 }
             }
             (Purpose::UserPing, _) => self.events.push_back(DhtEvent::PingResult {

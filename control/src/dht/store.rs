@@ -230,6 +230,12 @@ impl RecordStore {
         self.entries.iter().map(|(k, e)| (k, &e.rec))
     }
 
+    /// The bounds in force.
+    #[must_use]
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
     /// Entries held for `source`.
     #[must_use]
     pub fn held_for(&self, source: &Key) -> usize {

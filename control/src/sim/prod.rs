@@ -31,12 +31,10 @@ pub struct ProdDht<'a> {
 impl<'a> ProdDht<'a> {
     /// A node with `identity` and `cert` of `net`'s CA.
     #[must_use]
-    pub fn new(net: &'a SimNetwork, i: usize, disjoint: bool) -> Self {
+    pub fn new(net: &'a SimNetwork, i: usize) -> Self {
         let n = &net.nodes[i];
-        let config = DhtConfig {
-            disjoint_paths: if disjoint { 3 } else { 1 },
-            ..DhtConfig::default()
-        };
+        // The daemon's settings; the scenario's measured lookups choose their paths per phase.
+        let config = DhtConfig::default();
         Self {
             dht: Dht::new(&n.identity, n.cert.clone(), net.ca_public.clone(), config),
             identity: &n.identity,
@@ -116,8 +114,13 @@ impl DhtUnderTest for ProdDht<'_> {
         }
         self.drain();
     }
-    fn lookup(&mut self, key: [u8; 32], _disjoint: bool, now: Now, rng: &mut dyn RngCore) -> u64 {
-        let id = self.dht.find_record(Key(key), now, rng);
+    fn lookup(&mut self, key: [u8; 32], disjoint: bool, now: Now, rng: &mut dyn RngCore) -> u64 {
+        let paths = if disjoint {
+            DhtConfig::default().disjoint_paths
+        } else {
+            1
+        };
+        let id = self.dht.find_record_over(Key(key), paths, now, rng);
         self.ids.insert(id.0, id.0);
         self.drain();
         id.0
@@ -136,6 +139,46 @@ impl DhtUnderTest for ProdDht<'_> {
     }
     fn stored_len(&self) -> usize {
         self.dht.store().len()
+    }
+    fn own_record(&self, seq: u64, now: Now) -> Option<Vec<u8>> {
+        let expires = now.wall.as_secs() + MAX_TTL.as_secs();
+        NodeRecord::sign(
+            self.identity,
+            self.cert,
+            Vec::new(),
+            Vec::new(),
+            seq,
+            expires,
+        )
+        .ok()
+        .map(|r| r.encode(true))
+    }
+    fn held(&self, now: Now) -> Vec<([u8; 32], [u8; 32], u64)> {
+        let wall = now.wall.as_secs();
+        self.dht
+            .store()
+            .iter()
+            .filter(|(_, r)| r.expires > wall)
+            .map(|(k, r)| (k.0, r.node_id(), r.seq))
+            .collect()
+    }
+    fn held_from(&self, source: &[u8; 32]) -> (usize, usize) {
+        (
+            self.dht.store().held_for(&Key::for_node(source)),
+            self.dht.store().limits().per_source,
+        )
+    }
+    fn attack_store(
+        &mut self,
+        to: [u8; 32],
+        addr: SocketAddr,
+        key: [u8; 32],
+        record: Vec<u8>,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> bool {
+        self.dht
+            .send_store_raw(Key(to), addr, Key(key), record, now, rng)
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let st = self.dht.stats();
@@ -175,7 +218,7 @@ pub fn run_scenario(
     progress("identities built");
     let keys = ProdKeys(&net);
     let net_ref = &net;
-    let make = |i: usize| ProdDht::new(net_ref, i, true);
+    let make = |i: usize| ProdDht::new(net_ref, i);
     Ok(super::scenario::run(
         "production",
         cfg,

@@ -20,6 +20,9 @@ use crate::clock::Now;
 use crate::rand::SeededRng;
 use crate::transport::{Budget, FrameKey, KIND_DHT};
 
+/// STOREs of the attack phase's flood.
+pub const FLOOD: usize = 200;
+
 /// What a found record says, as far as the scenario checks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -66,6 +69,33 @@ pub trait DhtUnderTest: MessageNode {
     fn table_len(&self) -> usize;
     /// Records held.
     fn stored_len(&self) -> usize;
+    /// Attack phase: this node's own record with `seq`, signed by its own key (what anyone
+    /// can capture from the wire). `None`: the DHT has no signed records (the reference model),
+    /// and the attack phase is skipped.
+    fn own_record(&self, _seq: u64, _now: Now) -> Option<Vec<u8>> {
+        None
+    }
+    /// Attack phase: the records held, as `(key, owner node id, seq)`.
+    fn held(&self, _now: Now) -> Vec<([u8; 32], [u8; 32], u64)> {
+        Vec::new()
+    }
+    /// Attack phase: how many held records `source` stored, and the per-source bound.
+    fn held_from(&self, _source: &[u8; 32]) -> (usize, usize) {
+        (0, 0)
+    }
+    /// Attack phase: sends a STORE of `record` (any bytes) under `key` to the node with DHT
+    /// key `to` at `addr`, authenticated as this node.
+    fn attack_store(
+        &mut self,
+        _to: [u8; 32],
+        _addr: SocketAddr,
+        _key: [u8; 32],
+        _record: Vec<u8>,
+        _now: Now,
+        _rng: &mut dyn RngCore,
+    ) -> bool {
+        false
+    }
     /// The node's own counters by name (summed over the nodes up at the end; none by default).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
@@ -280,6 +310,149 @@ where
             KIND_DHT,
             Budget::UNVALIDATED_REPLY,
         )
+    }
+
+    /// One honest member `m` attacks one honest member `v` with STOREs: a forged record
+    /// (another node's, seq raised, signature broken), a genuine but older record of that node,
+    /// and a flood of genuine records of up to [`FLOOD`] other nodes. Empty when the DHT
+    /// under test has no signed records.
+    fn attacks(&mut self, progress: &mut dyn FnMut(&str)) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        let Some(v) = self.pick(None, true) else {
+            return out;
+        };
+        let Some(m) = self.pick(Some(v), true) else {
+            return out;
+        };
+        let now = self.sim.now();
+        let m_id = self.keys.node_id(m);
+        let v_key = self.keys.keys(v)[0];
+        let Some(v_addr) = self.sim.addr(v) else {
+            return out;
+        };
+        let held = self
+            .sim
+            .node(v)
+            .map(|x| x.inner.dht.held(now))
+            .unwrap_or_default();
+        // A record v holds whose owner is neither party and is still up (it signs the replay).
+        let owner_index =
+            |id: &[u8; 32]| (0..self.sim.len()).find(|&i| self.keys.node_id(i) == *id);
+        let Some((key, x, seq)) = held.iter().find_map(|(k, owner, seq)| {
+            let i = owner_index(owner)?;
+            (i != m && i != v && self.sim.node(i).is_some()).then_some((*k, i, *seq))
+        }) else {
+            return out;
+        };
+        let record = |r: &Self, i: usize, seq: u64| {
+            r.sim.node(i).and_then(|n| n.inner.dht.own_record(seq, now))
+        };
+        let Some(mut forged) = record(self, x, seq + 100) else {
+            return out;
+        };
+        if let Some(b) = forged.last_mut() {
+            *b ^= 1; // The last byte of a record is its signature's.
+        }
+        let held_seq = |r: &Self| {
+            let now = r.sim.now();
+            r.sim.node(v).and_then(|n| {
+                n.inner
+                    .dht
+                    .held(now)
+                    .into_iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, _, s)| s)
+            })
+        };
+        let mut attempt = |r: &mut Self, name: &str, bytes: Vec<u8>| {
+            let sent = r
+                .sim
+                .with_node(m, |n, now, rng| {
+                    let ok = n
+                        .inner
+                        .dht
+                        .attack_store(v_key, v_addr, key, bytes, now, rng);
+                    n.pump(now.mono);
+                    ok
+                })
+                .unwrap_or(false);
+            let t = r.sim.now().mono + Duration::from_secs(10);
+            r.sim.run_until(t);
+            let after = held_seq(r);
+            out.insert(
+                name.to_owned(),
+                serde_json::json!({
+                    "sent": sent,
+                    "held_seq_before": seq,
+                    "held_seq_after": after,
+                    "refused": sent && after == Some(seq),
+                }),
+            );
+        };
+        attempt(self, "forged_record", forged);
+        if seq > 0 {
+            if let Some(older) = record(self, x, seq - 1) {
+                attempt(self, "lower_seq_record", older);
+            }
+        }
+        // The flood: genuine records of other nodes (seq 1, as first published), each under
+        // its owner's node key, all from m.
+        let before = self.sim.node(v).map_or(0, |n| n.inner.dht.stored_len());
+        let mut sent = 0u64;
+        for i in 0..self.sim.len() {
+            if sent as usize >= FLOOD {
+                break;
+            }
+            if i == m || i == v || !self.eligible(i) {
+                continue;
+            }
+            let Some(bytes) = record(self, i, 1) else {
+                continue;
+            };
+            let k = self.keys.keys(i)[0];
+            let ok = self
+                .sim
+                .with_node(m, |n, now, rng| {
+                    let ok = n.inner.dht.attack_store(v_key, v_addr, k, bytes, now, rng);
+                    n.pump(now.mono);
+                    ok
+                })
+                .unwrap_or(false);
+            sent += u64::from(ok);
+            let t = self.sim.now().mono + Duration::from_millis(50);
+            self.sim.run_until(t);
+        }
+        let t = self.sim.now().mono + Duration::from_secs(10);
+        self.sim.run_until(t);
+        let after = self.sim.node(v).map_or(0, |n| n.inner.dht.stored_len());
+        let (from_m, bound) = self
+            .sim
+            .node(v)
+            .map_or((0, 0), |n| n.inner.dht.held_from(&m_id));
+        out.insert(
+            "store_flood".to_owned(),
+            serde_json::json!({
+                "sent": sent,
+                "held_from_attacker": from_m,
+                "per_source_bound": bound,
+                "victim_records_before": before,
+                "victim_records_after": after,
+                "within_bound": from_m <= bound,
+            }),
+        );
+        progress(&format!(
+            "attacks: forged and older records {}, flood of {sent} held {from_m} (bound {bound})",
+            if out
+                .values()
+                .filter_map(|v| v.get("refused"))
+                .all(|r| r.as_bool() == Some(true))
+            {
+                "refused"
+            } else {
+                "NOT refused"
+            }
+        ));
+        out
     }
 
     fn eligible(&self, i: usize) -> bool {
@@ -577,6 +750,7 @@ where
     std::mem::swap(&mut r.rng, &mut saved_rng);
     liars.single_path = r.lookups(cfg.lookups, false, progress);
 
+    let attacks = r.attacks(progress);
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..n {
         if let Some(x) = r.sim.node(i) {
@@ -596,7 +770,7 @@ where
         churn,
         liars,
         counters,
-        attacks: BTreeMap::new(),
+        attacks,
         time_p50_over_rtt,
         net: r.sim.net().stats(),
         sim: r.sim.stats(),

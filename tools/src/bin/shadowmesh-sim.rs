@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shadowmesh_control::sim::ids::SimNetwork;
-use shadowmesh_control::sim::{kad, prod};
 use shadowmesh_control::sim::scenario::ScenarioConfig;
 use shadowmesh_control::sim::WALL_EPOCH;
+use shadowmesh_control::sim::{kad, prod};
 
 #[derive(Parser)]
 #[command(
