@@ -82,11 +82,22 @@ fn production_dht_meets_the_goals_and_replays() {
         );
     }
     let flood = &a.attacks["store_flood"];
-    assert!(flood["sent"].as_u64() > flood["per_source_bound"].as_u64(), "{flood}");
+    assert!(
+        flood["sent"].as_u64() > flood["per_source_bound"].as_u64(),
+        "{flood}"
+    );
     assert_eq!(flood["within_bound"], serde_json::json!(true), "{flood}");
     // The counters the figures are computed from: every message type was sent, and every
     // refused STORE is counted.
-    for kind in ["hello", "ping", "find_node", "find_value", "store", "value", "nodes"] {
+    for kind in [
+        "hello",
+        "ping",
+        "find_node",
+        "find_value",
+        "store",
+        "value",
+        "nodes",
+    ] {
         assert!(a.counters[kind] > 0, "{kind}: {:?}", a.counters);
     }
     assert!(a.counters["store_refused"] >= 2, "{:?}", a.counters);

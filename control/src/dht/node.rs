@@ -239,6 +239,14 @@ impl DhtStats {
     }
 }
 
+/// What a lookup looks for, and over how many disjoint paths.
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    target: Key,
+    kind: LookupKind,
+    paths: usize,
+}
+
 /// Why a request was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
@@ -420,10 +428,12 @@ impl<'a> Dht<'a> {
         } else {
             self.start_lookup(
                 id,
-                self.own,
-                LookupKind::Node,
+                Search {
+                    target: self.own,
+                    kind: LookupKind::Node,
+                    paths: self.config.disjoint_paths,
+                },
                 Goal::Report,
-                self.config.disjoint_paths,
                 now,
                 rng,
             );
@@ -435,10 +445,12 @@ impl<'a> Dht<'a> {
         let id = self.new_lookup_id();
         self.start_lookup(
             id,
-            target,
-            LookupKind::Node,
+            Search {
+                target,
+                kind: LookupKind::Node,
+                paths: self.config.disjoint_paths,
+            },
             Goal::Report,
-            self.config.disjoint_paths,
             now,
             rng,
         );
@@ -485,7 +497,17 @@ impl<'a> Dht<'a> {
         rng: &mut dyn RngCore,
     ) -> LookupId {
         let id = self.new_lookup_id();
-        self.start_lookup(id, key, LookupKind::Value, Goal::Report, paths, now, rng);
+        self.start_lookup(
+            id,
+            Search {
+                target: key,
+                kind: LookupKind::Value,
+                paths,
+            },
+            Goal::Report,
+            now,
+            rng,
+        );
         id
     }
 
@@ -572,10 +594,12 @@ impl<'a> Dht<'a> {
                 let id = self.new_lookup_id();
                 self.start_lookup(
                     id,
-                    target,
-                    LookupKind::Node,
+                    Search {
+                        target,
+                        kind: LookupKind::Node,
+                        paths: self.config.disjoint_paths,
+                    },
                     Goal::Refresh,
-                    self.config.disjoint_paths,
                     now,
                     rng,
                 );
@@ -595,10 +619,12 @@ impl<'a> Dht<'a> {
             let id = self.new_lookup_id();
             self.start_lookup(
                 id,
-                key,
-                LookupKind::Node,
+                Search {
+                    target: key,
+                    kind: LookupKind::Node,
+                    paths: self.config.disjoint_paths,
+                },
                 Goal::Publish(Box::new(record.clone())),
-                self.config.disjoint_paths,
                 now,
                 rng,
             );
@@ -608,13 +634,16 @@ impl<'a> Dht<'a> {
     fn start_lookup(
         &mut self,
         id: LookupId,
-        target: Key,
-        kind: LookupKind,
+        search: Search,
         goal: Goal,
-        paths: usize,
         now: Now,
         rng: &mut dyn RngCore,
     ) {
+        let Search {
+            target,
+            kind,
+            paths,
+        } = search;
         self.table.touch_bucket(&target, now.mono);
         if self.lookups.len() >= MAX_LOOKUPS {
             // Ends at once, empty: the owner sees a failed lookup rather than a silent one.
@@ -1055,10 +1084,12 @@ impl<'a> Dht<'a> {
                 if let Some(id) = self.join_pending.take() {
                     self.start_lookup(
                         id,
-                        self.own,
-                        LookupKind::Node,
+                        Search {
+                            target: self.own,
+                            kind: LookupKind::Node,
+                            paths: self.config.disjoint_paths,
+                        },
                         Goal::Report,
-                        self.config.disjoint_paths,
                         now,
                         rng,
                     );
