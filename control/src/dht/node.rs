@@ -52,6 +52,9 @@ pub const MAX_CONFIRMING: usize = 256;
 pub const RECENT_LOOKUPS: usize = 32;
 /// A node's address is confirmed at most once per this interval.
 pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(60);
+/// A contact heard from within this long is good: a full bucket of good contacts admits no
+/// newcomer (BEP 5's 15 minutes, our bucket refresh interval).
+pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
 /// Nodes remembered as recently confirmed.
 pub const MAX_CONFIRMED: usize = 4096;
 
@@ -946,7 +949,10 @@ impl<'a> Dht<'a> {
             .confirmed
             .get(&s.id)
             .is_some_and(|t| now.mono.saturating_sub(*t) < CONFIRM_INTERVAL);
-        if s.proven && s.server && !is_ping && !recently {
+        // Nor when its bucket is full of contacts heard from lately: it could not enter, and
+        // pinging it (and the bucket's oldest) would be traffic for nothing (BEP 5).
+        let room = self.table.could_admit(&s.id, now.mono, GOOD_FOR);
+        if s.proven && s.server && !is_ping && !recently && room {
             match self.table.get(&s.id) {
                 Some(c) if c.addr == src => {
                     self.admit(&s, src, now, rng);

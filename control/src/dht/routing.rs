@@ -183,6 +183,22 @@ impl RoutingTable {
         }
     }
 
+    /// Whether `id` could enter its bucket now: it is there already, the bucket has room, or
+    /// the bucket's least recently seen contact has not been heard from for `good_for` (BEP 5's
+    /// "questionable" node, worth an eviction ping). A bucket full of good contacts turns
+    /// newcomers away without a ping to anyone.
+    #[must_use]
+    pub fn could_admit(&self, id: &Key, now: Duration, good_for: Duration) -> bool {
+        let Some(b) = self.bucket_of(id).and_then(|i| self.buckets.get(i)) else {
+            return false;
+        };
+        b.contacts.len() < self.k
+            || b.contacts.iter().any(|c| c.id == *id)
+            || b.contacts
+                .first()
+                .is_some_and(|oldest| now.saturating_sub(oldest.last_seen) >= good_for)
+    }
+
     /// The contact `id`, if in a bucket.
     #[must_use]
     pub fn get(&self, id: &Key) -> Option<&Contact> {
@@ -301,6 +317,20 @@ mod tests {
         assert_eq!(t.observe(contact(key(0x80, 1), 1)), Observed::Inserted);
         assert_eq!(t.observe(contact(key(0x81, 2), 2)), Observed::Inserted);
         t
+    }
+
+    #[test]
+    fn a_bucket_full_of_good_contacts_admits_no_newcomer() {
+        let t = full_bucket(); // contacts last seen at 1 s and 2 s
+        let good = Duration::from_secs(900);
+        let newcomer = key(0x82, 3);
+        assert!(!t.could_admit(&newcomer, Duration::from_secs(100), good));
+        // A member is always welcome back; another bucket has room.
+        assert!(t.could_admit(&key(0x80, 1), Duration::from_secs(100), good));
+        assert!(t.could_admit(&key(0x40, 4), Duration::from_secs(100), good));
+        // Once the oldest is questionable, a newcomer is worth its eviction ping.
+        assert!(t.could_admit(&newcomer, Duration::from_secs(901), good));
+        assert!(!t.could_admit(&Key([0; 32]), Duration::from_secs(901), good));
     }
 
     #[test]

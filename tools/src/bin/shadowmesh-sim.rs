@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
         /// Which DHT to run.
-        #[arg(long, value_enum, default_value_t = Impl::Reference)]
+        #[arg(long, value_enum, default_value_t = Impl::Production)]
         dht: Impl,
         /// Threads for building the production DHT's identities (the run itself is one thread).
         #[arg(long, default_value_t = 2)]
