@@ -57,6 +57,8 @@ pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(60);
 pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
 /// Nodes remembered as recently confirmed.
 pub const MAX_CONFIRMED: usize = 4096;
+/// Least time between a publish round and an early one (see `Dht::early_republish`).
+pub const EARLY_REPUBLISH: Duration = Duration::from_secs(30);
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -307,6 +309,12 @@ pub struct Dht<'a> {
     join_pending: Option<LookupId>,
     published: Vec<NodeRecord>,
     next_republish: Option<Duration>,
+    /// Fewest nodes one key of the last publish round was stored at (None: none ended yet),
+    /// and when that round started: a node that published into a nearly empty table (the
+    /// first nodes of a network, bootstraps starting together) stores again as soon as it
+    /// knows more nodes than its records reached, not a republish interval later.
+    publish_reach: Option<usize>,
+    last_publish: Duration,
     next_refresh: Duration,
     recent: VecDeque<LookupSummary>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -345,6 +353,8 @@ impl<'a> Dht<'a> {
             join_pending: None,
             published: Vec::new(),
             next_republish: None,
+            publish_reach: None,
+            last_publish: Duration::ZERO,
             next_refresh: config.refresh_interval,
             recent: VecDeque::new(),
             out: VecDeque::new(),
@@ -413,10 +423,15 @@ impl<'a> Dht<'a> {
             .values()
             .map(|r| r.sent + self.config.request_timeout)
             .min();
-        [req, self.next_republish, Some(self.next_refresh)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            req,
+            self.next_republish,
+            self.early_republish(),
+            Some(self.next_refresh),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Joins: HELLO to every bootstrap address; the lookup of our own id starts at the first
@@ -577,7 +592,8 @@ impl<'a> Dht<'a> {
                 self.on_failure(r, now, rng);
             }
         }
-        if self.next_republish.is_some_and(|t| now.mono >= t) {
+        let early = self.early_republish().is_some_and(|t| now.mono >= t);
+        if early || self.next_republish.is_some_and(|t| now.mono >= t) {
             self.next_republish = Some(now.mono + self.config.republish_interval);
             for rec in self.published.clone() {
                 if rec.expires > now.wall.as_secs() {
@@ -617,7 +633,17 @@ impl<'a> Dht<'a> {
         id
     }
 
+    /// When an under-replicated publish stores again: [`EARLY_REPUBLISH`] after the last round,
+    /// if that round reached fewer than k nodes for some key and the table now holds more.
+    fn early_republish(&self) -> Option<Duration> {
+        let reach = self.publish_reach?;
+        (reach < self.config.k && self.table.len() > reach)
+            .then_some(self.last_publish + EARLY_REPUBLISH)
+    }
+
     fn store_everywhere(&mut self, record: &NodeRecord, now: Now, rng: &mut dyn RngCore) {
+        self.publish_reach = None;
+        self.last_publish = now.mono;
         for key in record.keys() {
             let id = self.new_lookup_id();
             self.start_lookup(
@@ -746,6 +772,8 @@ impl<'a> Dht<'a> {
                 });
             }
             Goal::Publish(rec) => {
+                let reached = closest.len();
+                self.publish_reach = Some(self.publish_reach.map_or(reached, |r| r.min(reached)));
                 let bytes = rec.encode(true);
                 for (node, addr) in closest {
                     self.send_request(
@@ -1463,5 +1491,34 @@ mod tests {
         });
         let found = found.expect("lookup finished").expect("record found");
         assert_eq!((found.seq, found.endpoints.clone()), (10, vec![addr(4)]));
+    }
+
+    #[test]
+    fn a_record_published_into_an_empty_table_is_stored_once_there_are_nodes() {
+        let n = net(2);
+        let mut rng = SeededRng::seed_from_u64(5);
+        let mut dhts: Vec<Dht<'_>> = (0..2).map(|i| dht(&n, i, true)).collect();
+        // Node 0 starts alone (the network's first node) and publishes: its record reaches
+        // nobody.
+        let rec =
+            NodeRecord::sign(&n.ids[0], &n.certs[0], vec![addr(1)], vec![], 1, WALL + 600).unwrap();
+        dhts[0].publish(rec, now(0), &mut rng);
+        pump(&mut dhts, now(0), &mut rng);
+        // Node 1 joins through it.
+        dhts[1].add_bootstrap(addr(1));
+        dhts[1].join(now(1000), &mut rng);
+        pump(&mut dhts, now(1000), &mut rng);
+        assert_eq!(dhts[0].routing_table().count(), 1);
+        let key = Key::for_node(&n.certs[0].node_id());
+        assert!(dhts[1].store().get(&key, WALL).is_none());
+        // Not a republish interval later: within EARLY_REPUBLISH of the first round.
+        let t = now(u64::try_from(EARLY_REPUBLISH.as_millis()).unwrap() + 1);
+        assert!(dhts[0].poll_timeout().is_some_and(|d| d <= t.mono));
+        dhts[0].handle_timeout(t, &mut rng);
+        pump(&mut dhts, t, &mut rng);
+        assert_eq!(dhts[1].store().get(&key, WALL).map(|r| r.seq), Some(1));
+        // Every key reached the one other node: no further early round.
+        let later = now(2 * u64::try_from(EARLY_REPUBLISH.as_millis()).unwrap() + 2);
+        assert!(dhts[0].poll_timeout().is_some_and(|d| d > later.mono));
     }
 }

@@ -118,8 +118,8 @@ fn request(identity: &Identity, i: usize, not_before: u64, lifetime: u64) -> Nod
     NodeCertRequest {
         public: identity.public().clone(),
         name: node_name(i),
-        ipv4: vec![(overlay_v4(i), 10)],
-        ipv6: vec![(overlay_v6(i), 8)],
+        ipv4: vec![(overlay_v4(i), 32)],
+        ipv6: vec![(overlay_v6(i), 128)],
         subnets: Vec::new(),
         groups: Vec::new(),
         not_before,

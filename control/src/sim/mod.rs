@@ -17,6 +17,7 @@
 // pub mod dht;
 pub mod ids;
 pub mod kad;
+pub mod mesh;
 pub mod net;
 pub mod prod;
 pub mod scenario;

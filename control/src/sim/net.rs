@@ -41,7 +41,7 @@ pub fn node_addr(i: usize) -> SocketAddr {
 }
 
 /// How the simulated underlay behaves.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct NetConfig {
     /// Shortest one-way latency of a pair.
     #[serde(serialize_with = "crate::sim::secs")]

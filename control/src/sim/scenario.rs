@@ -264,7 +264,8 @@ pub struct Summary {
     pub trace_hash: String,
 }
 
-fn pct<T: Copy + Ord + Default>(v: &mut [T], q: f64) -> T {
+/// The `q` quantile of `v` (sorts it; the default for an empty slice).
+pub(crate) fn pct<T: Copy + Ord + Default>(v: &mut [T], q: f64) -> T {
     if v.is_empty() {
         return T::default();
     }
