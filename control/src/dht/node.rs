@@ -176,8 +176,10 @@ pub struct DhtStats {
     pub request_limit: u64,
     /// Records stored for others.
     pub stored: u64,
-    /// STOREs refused (invalid, stale, over a bound).
+    /// STOREs refused (invalid, lower seq, over a bound).
     pub store_refused: u64,
+    /// STOREs of a record held already (equal seq: republishes); not refusals.
+    pub store_unchanged: u64,
     /// Records in VALUE replies that did not verify.
     pub bad_records: u64,
     /// Lookups finished.
@@ -203,6 +205,7 @@ impl DhtStats {
             ("request_limit", self.request_limit),
             ("stored", self.stored),
             ("store_refused", self.store_refused),
+            ("store_unchanged", self.store_unchanged),
             ("bad_records", self.bad_records),
             ("lookups", self.lookups),
         ]
@@ -1032,6 +1035,10 @@ impl<'a> Dht<'a> {
             return StoreResult::Invalid;
         }
         match self.store.put(key, rec, s.id, now.wall.as_secs()) {
+            Ok(super::store::Stored::Unchanged) => {
+                self.stats.store_unchanged += 1;
+                StoreResult::Ok
+            }
             Ok(_) => {
                 self.stats.stored += 1;
                 StoreResult::Ok

@@ -38,13 +38,15 @@ pub enum Stored {
     New,
     /// A record with a lower seq was replaced.
     Replaced,
+    /// The same record (equal seq) is held already: a republish; nothing changed.
+    Unchanged,
 }
 
 /// Why a [`RecordStore::put`] was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum StoreRefusal {
-    /// The stored record has an equal or higher seq.
-    #[error("a record with an equal or higher seq is stored")]
+    /// The stored record has a higher seq.
+    #[error("a record with a higher seq is stored")]
     Stale,
     /// The source holds its maximum number of entries.
     #[error("source is at its per-source bound")]
@@ -64,8 +66,10 @@ pub struct StoreStats {
     pub stored: u64,
     /// Records replaced by a higher seq.
     pub replaced: u64,
-    /// Refused: equal or lower seq.
+    /// Refused: lower seq.
     pub stale: u64,
+    /// Equal seq: held already (republishes).
+    pub unchanged: u64,
     /// Refused: source at its bound.
     pub source_full: u64,
     /// Refused: store full.
@@ -145,7 +149,11 @@ impl RecordStore {
             .filter(|e| e.rec.expires > now_wall_secs)
             .map(|e| (e.rec.seq, e.source));
         if let Some((seq, _)) = old {
-            if rec.seq <= seq {
+            if rec.seq == seq {
+                self.stats.unchanged += 1;
+                return Ok(Stored::Unchanged);
+            }
+            if rec.seq < seq {
                 self.stats.stale += 1;
                 return Err(StoreRefusal::Stale);
             }
@@ -279,12 +287,19 @@ mod tests {
     }
 
     #[test]
-    fn higher_seq_wins_equal_or_lower_refused() {
+    fn higher_seq_wins_equal_is_held_lower_refused() {
         let f = fix();
         let mut s = RecordStore::new(StoreLimits::default());
         assert_eq!(s.put(k(1), rec(&f, 5, T + 60), k(100), T), Ok(Stored::New));
         assert_eq!(
             s.put(k(1), rec(&f, 5, T + 90), k(100), T),
+            Ok(Stored::Unchanged)
+        );
+        assert_eq!(s.stats().unchanged, 1);
+        // The held one stays as it was.
+        assert_eq!(s.get(&k(1), T).map(|r| r.expires), Some(T + 60));
+        assert_eq!(
+            s.put(k(1), rec(&f, 4, T + 90), k(101), T),
             Err(StoreRefusal::Stale)
         );
         assert_eq!(
