@@ -184,7 +184,7 @@ impl<'a> MeshNode<'a> {
     pub fn start(&mut self, now: Now) {
         self.last = now;
         let out = self.node.on_connected(now);
-        self.apply(out, now);
+        self.apply(out);
     }
 
     /// The operator runs `shadowmesh connect query`; the ticket of a lookup, if one started.
@@ -192,7 +192,7 @@ impl<'a> MeshNode<'a> {
         self.last = now;
         match self.node.connect(query, now) {
             Ok((start, out)) => {
-                self.apply(out, now);
+                self.apply(out);
                 match start {
                     crate::node::ConnectStart::LookingUp(t) => Some(t),
                     crate::node::ConnectStart::Known => None,
@@ -221,7 +221,7 @@ impl<'a> MeshNode<'a> {
             dst,
         };
         let out = self.node.handle_event(ev, now);
-        self.apply(out, now);
+        self.apply(out);
     }
 
     /// The peer routing `dst`, and whether it has a current session and an endpoint.
@@ -269,7 +269,7 @@ impl<'a> MeshNode<'a> {
     }
 
     /// Carries out what the control plane asked of its dataplane.
-    fn apply(&mut self, out: Vec<DownMsg>, now: Now) {
+    fn apply(&mut self, out: Vec<DownMsg>) {
         let mut queue: VecDeque<DownMsg> = out.into();
         // Bounded: each confirmation adds at most one batch; 10 000 requests per call at most.
         for _ in 0..10_000 {
@@ -333,28 +333,27 @@ impl<'a> MeshNode<'a> {
             let NodeEvent::ConnectDone { ticket, result } = ev;
             self.connects.insert(ticket, result);
         }
-        let _ = now;
     }
 
     fn on_data(&mut self, src: SocketAddr, d: &[u8], now: Now) {
-        let refuse = |s: &mut DpStats| s.data_refused += 1;
-        let (Some(head), Some(tag)) = (d.get(..DATA_LEN - 16), d.get(DATA_LEN - 16..)) else {
-            return refuse(&mut self.stats);
-        };
         if d.len() != DATA_LEN {
-            return refuse(&mut self.stats);
+            self.stats.data_refused += 1;
+            return;
         }
+        let (head, tag) = d.split_at(DATA_LEN - 16);
         let mut idx = [0u8; 4];
         idx.copy_from_slice(&head[2..6]);
         let mut from = [0u8; 4];
         from.copy_from_slice(&head[6..10]);
         let from = u32::from_le_bytes(from) as usize;
         let Some(s) = self.sessions.get_mut(&u32::from_le_bytes(idx)) else {
-            return refuse(&mut self.stats);
+            self.stats.data_refused += 1;
+            return;
         };
         let want = mac16(&s.recv_key[..], &[b"shadowmesh sim data", head]);
         if !ct_eq(&want, tag) {
-            return refuse(&mut self.stats);
+            self.stats.data_refused += 1;
+            return;
         }
         let peer = s.peer;
         let confirm = std::mem::take(&mut s.pending);
@@ -370,7 +369,7 @@ impl<'a> MeshNode<'a> {
             let out = self
                 .node
                 .handle_event(UpMsg::SessionConfirmed { peer, local_index }, now);
-            self.apply(out, now);
+            self.apply(out);
             self.release();
         }
         // The session must belong to the node that sent (the keys bind the identity).
@@ -405,7 +404,7 @@ impl SimNode for MeshNode<'_> {
             payload: d.to_vec(),
         };
         let out = self.node.handle_event(ev, now);
-        self.apply(out, now);
+        self.apply(out);
     }
 
     fn handle_timeout(&mut self, now: Now, _rng: &mut dyn RngCore) {
@@ -416,7 +415,7 @@ impl SimNode for MeshNode<'_> {
         self.stats.held_dropped += (before - self.held.len()) as u64;
         if self.node.poll_timeout(now) <= now.mono {
             let out = self.node.handle_timeout(now);
-            self.apply(out, now);
+            self.apply(out);
         }
     }
 
