@@ -5,10 +5,9 @@
 //! binding, allowed prefixes). It must never accept a certificate it has not verified against a
 //! CA public key, and the parser must never panic: every field is length-prefixed with a hard cap.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::signature::{
     KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_87, ML_DSA_87_SIGNING,
@@ -22,6 +21,7 @@ use crate::identity::{
     read_public_file, read_secret_file, sign_with, write_secret_file, IdentityError,
     IdentityPublic, Reader, MLDSA_PK_LEN, MLDSA_SIG_LEN, MLKEM_EK_LEN, NODE_ID_LEN,
 };
+use crate::intern::Interner;
 
 /// Certificate format version.
 pub const CERT_VERSION: u8 = 1;
@@ -216,49 +216,16 @@ impl std::fmt::Debug for NodeCert {
     }
 }
 
-/// The process's certificates by SHA-256 of their encoding (weak: a certificate nobody holds
-/// any more goes). Dead entries are swept when the map has doubled since the last sweep, so
-/// its size stays within twice the live certificates.
-struct Interned {
-    map: HashMap<[u8; 32], Weak<CertData>>,
-    sweep_at: usize,
-}
-
-fn interned() -> MutexGuard<'static, Interned> {
-    static CERTS: OnceLock<Mutex<Interned>> = OnceLock::new();
-    CERTS
-        .get_or_init(|| {
-            Mutex::new(Interned {
-                map: HashMap::new(),
-                sweep_at: 1024,
-            })
-        })
-        .lock()
-        // The map holds no invariant a panicking holder could break half-way.
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// The process's certificates by SHA-256 of their encoding.
+static CERTS: Interner<CertData> = Interner::new();
 
 impl NodeCert {
     fn lookup(hash: &[u8; 32], bytes: &[u8]) -> Option<Self> {
-        let live = interned().map.get(hash)?.upgrade()?;
-        (live.encoded == bytes).then_some(Self(live))
+        CERTS.get(hash, |live| live.encoded == bytes).map(Self)
     }
 
     fn intern(data: CertData) -> Self {
-        let mut t = interned();
-        if let Some(live) = t.map.get(&data.hash).and_then(Weak::upgrade) {
-            if live.encoded == data.encoded {
-                return Self(live);
-            }
-        }
-        let hash = data.hash;
-        let arc = Arc::new(data);
-        t.map.insert(hash, Arc::downgrade(&arc));
-        if t.map.len() >= t.sweep_at {
-            t.map.retain(|_, w| w.strong_count() > 0);
-            t.sweep_at = (t.map.len() * 2).max(1024);
-        }
-        Self(arc)
+        Self(CERTS.intern(data.hash, data, |a, b| a.encoded == b.encoded))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dht;
 pub mod digest;
 pub mod handshake;
 pub mod identity;
+pub mod intern;
 pub mod node;
 pub mod peers;
 pub mod rand;

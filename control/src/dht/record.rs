@@ -13,6 +13,7 @@
 //! sig_len u16 + ML-DSA-87 signature`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ML_DSA_87};
@@ -21,7 +22,9 @@ use thiserror::Error;
 use super::certs::CertCache;
 use super::key::Key;
 use crate::cert::{CaPublic, CertError, NodeCert, MAX_CERT_LEN};
+use crate::digest::sha256;
 use crate::identity::{Identity, Reader, MLDSA_SIG_LEN};
+use crate::intern::Interner;
 
 /// Upper bound on an encoded record.
 pub const MAX_RECORD_LEN: usize = 16 * 1024;
@@ -96,7 +99,65 @@ pub struct NodeRecord {
     pub seq: u64,
     /// Expiry, unix seconds.
     pub expires: u64,
-    signature: Vec<u8>,
+    signature: Signature,
+}
+
+/// A record's ML-DSA-87 signature, shared by every record in this process with the same bytes
+/// (the same record arrives under each of its keys, from each replica, on every republish;
+/// the simulator holds the copies of thousands of nodes).
+#[derive(Clone)]
+struct Signature(Arc<SigData>);
+
+struct SigData {
+    bytes: Vec<u8>,
+    /// SHA-256 of (signing key, signed message) of a check that succeeded with these bytes.
+    /// Verification is a pure function of key, message and signature, so a record seen again
+    /// costs a hash, not an ML-DSA verification; any other key or message is checked in full.
+    verified: OnceLock<[u8; 32]>,
+}
+
+/// The process's record signatures by SHA-256 of their bytes.
+static SIGNATURES: Interner<SigData> = Interner::new();
+
+impl Signature {
+    fn new(bytes: &[u8]) -> Self {
+        let hash = sha256(&[bytes]);
+        if let Some(live) = SIGNATURES.get(&hash, |l| l.bytes == bytes) {
+            return Self(live);
+        }
+        let data = SigData {
+            bytes: bytes.to_vec(),
+            verified: OnceLock::new(),
+        };
+        Self(SIGNATURES.intern(hash, data, |a, b| a.bytes == b.bytes))
+    }
+
+    fn verify(&self, public_key: &[u8], msg: &[u8]) -> Result<(), RecordError> {
+        let check = sha256(&[&(public_key.len() as u64).to_le_bytes(), public_key, msg]);
+        if self.0.verified.get() == Some(&check) {
+            return Ok(());
+        }
+        UnparsedPublicKey::new(&ML_DSA_87, public_key)
+            .verify(msg, &self.0.bytes)
+            .map_err(|_| RecordError::BadSignature)?;
+        // The first key and message that verify are remembered; another pair that verifies
+        // too (the same signature bytes under a different key) simply is not cached.
+        let _ = self.0.verified.set(check);
+        Ok(())
+    }
+}
+
+impl PartialEq for Signature {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.bytes == other.0.bytes
+    }
+}
+impl Eq for Signature {}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({} bytes)", self.0.bytes.len())
+    }
 }
 
 fn encode_body(
@@ -168,7 +229,7 @@ impl NodeRecord {
             return Err(RecordError::WrongIdentity);
         }
         let msg = signed_message(&cert.hash(), seq, expires, &endpoints, &relays);
-        let signature = identity.sign(&msg).map_err(|_| RecordError::Signing)?;
+        let signature = Signature::new(&identity.sign(&msg).map_err(|_| RecordError::Signing)?);
         Ok(Self {
             cert: cert.clone(),
             endpoints,
@@ -202,11 +263,11 @@ impl NodeRecord {
             &self.relays,
         );
         out.extend_from_slice(
-            &u16::try_from(self.signature.len())
+            &u16::try_from(self.signature.0.bytes.len())
                 .unwrap_or(u16::MAX)
                 .to_le_bytes(),
         );
-        out.extend_from_slice(&self.signature);
+        out.extend_from_slice(&self.signature.0.bytes);
         out
     }
 
@@ -277,10 +338,11 @@ impl NodeRecord {
         if sig_len != MLDSA_SIG_LEN {
             return Err(m("ML-DSA-87 signature of 4627 bytes"));
         }
-        let signature = r.take(sig_len).ok_or(m("signature"))?.to_vec();
+        let signature = r.take(sig_len).ok_or(m("signature"))?;
         if !r.is_empty() {
             return Err(m("end of record after the signature"));
         }
+        let signature = Signature::new(signature);
         Ok(Self {
             cert,
             endpoints,
@@ -326,9 +388,7 @@ impl NodeRecord {
             &self.endpoints,
             &self.relays,
         );
-        UnparsedPublicKey::new(&ML_DSA_87, &self.cert.body.public.sign_pk)
-            .verify(&msg, &self.signature)
-            .map_err(|_| RecordError::BadSignature)
+        self.signature.verify(&self.cert.body.public.sign_pk, &msg)
     }
 
     /// The record's node id (its certificate's).
@@ -544,6 +604,41 @@ mod tests {
                 assert!(d.verify(ca, &mut certs, T).is_err(), "flip at {i} accepted");
             }
         }
+        r.verify(ca, &mut certs, T).unwrap();
+    }
+
+    #[test]
+    fn a_verified_signature_vouches_for_nothing_else() {
+        let n = net();
+        let r = rec(&n);
+        let ca = n.ca.public();
+        let mut certs = CertCache::new(8);
+        // Verified once (and remembered), then the same signature bytes under another seq,
+        // another certificate, decoded afresh from the wire: each is checked, and refused.
+        r.verify(ca, &mut certs, T).unwrap();
+        let wire = r.encode(true);
+        let again = NodeRecord::decode(&wire, &none).unwrap();
+        assert!(
+            Arc::ptr_eq(&again.signature.0, &r.signature.0),
+            "not shared"
+        );
+        again.verify(ca, &mut certs, T).unwrap();
+        let bumped = NodeRecord {
+            seq: r.seq + 1,
+            ..again.clone()
+        };
+        assert!(matches!(
+            bumped.verify(ca, &mut certs, T),
+            Err(RecordError::BadSignature)
+        ));
+        let moved = NodeRecord {
+            cert: n.b_cert.clone(),
+            ..again
+        };
+        assert!(matches!(
+            moved.verify(ca, &mut certs, T),
+            Err(RecordError::BadSignature)
+        ));
         r.verify(ca, &mut certs, T).unwrap();
     }
 

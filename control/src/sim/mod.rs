@@ -131,6 +131,11 @@ pub struct SimStats {
     pub downs: u64,
     /// Times a node was brought (back) up.
     pub ups: u64,
+    /// Most datagram bytes in flight at once (a burst of many nodes acting together shows
+    /// here: the simulator holds every datagram in flight in memory).
+    pub in_flight_bytes_peak: u64,
+    /// When that peak was reached (virtual milliseconds).
+    pub in_flight_peak_at_ms: u64,
 }
 
 /// The engine: nodes, network and the event queue.
@@ -138,6 +143,8 @@ pub struct Sim<N> {
     now: Duration,
     seq: u64,
     events: BTreeMap<(Duration, u64), Event>,
+    /// Bytes of the datagrams in `events`.
+    in_flight: u64,
     slots: Vec<Slot<N>>,
     // Looked up by address only, never iterated.
     by_addr: HashMap<SocketAddr, usize>,
@@ -169,6 +176,7 @@ impl<N: SimNode> Sim<N> {
             now: Duration::ZERO,
             seq: 0,
             events: BTreeMap::new(),
+            in_flight: 0,
             slots: Vec::new(),
             by_addr: HashMap::new(),
             net,
@@ -359,6 +367,13 @@ impl<N: SimNode> Sim<N> {
     }
 
     fn push(&mut self, at: Duration, ev: Event) {
+        if let Event::Deliver { data, .. } = &ev {
+            self.in_flight += data.len() as u64;
+            if self.in_flight > self.stats.in_flight_bytes_peak {
+                self.stats.in_flight_bytes_peak = self.in_flight;
+                self.stats.in_flight_peak_at_ms = self.now.as_millis() as u64;
+            }
+        }
         self.events.insert((at, self.seq), ev);
         self.seq += 1;
     }
@@ -463,6 +478,9 @@ impl<N: SimNode> Sim<N> {
             self.budget -= 1;
             let ((t, _), ev) = entry.remove_entry();
             self.now = t;
+            if let Event::Deliver { data, .. } = &ev {
+                self.in_flight -= data.len() as u64;
+            }
             self.stats.events += 1;
             self.dispatch(ev);
         }

@@ -22,6 +22,7 @@ use crate::identity::Identity;
 /// One simulated node running the production DHT.
 pub struct ProdDht<'a> {
     dht: Dht<'a>,
+    net: &'a SimNetwork,
     identity: &'a Identity,
     cert: &'a NodeCert,
     ids: BTreeMap<u64, u64>,
@@ -37,6 +38,7 @@ impl<'a> ProdDht<'a> {
         let config = DhtConfig::default();
         Self {
             dht: Dht::new(&n.identity, n.cert.clone(), net.ca_public.clone(), config),
+            net,
             identity: &n.identity,
             cert: &n.cert,
             ids: BTreeMap::new(),
@@ -177,8 +179,15 @@ impl DhtUnderTest for ProdDht<'_> {
         now: Now,
         rng: &mut dyn RngCore,
     ) -> bool {
+        // The victim's certificate is public: an attacker that never met it still has its key.
+        let x25519 = self
+            .net
+            .nodes
+            .iter()
+            .find(|n| n.cert.node_id() == to)
+            .map(|n| n.cert.body.public.x25519);
         self.dht
-            .send_store_raw(Key(to), addr, Key(key), record, now, rng)
+            .send_store_raw(Key(to), x25519, addr, Key(key), record, now, rng)
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let st = self.dht.stats();
