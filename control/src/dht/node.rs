@@ -341,7 +341,7 @@ impl std::fmt::Debug for Dht<'_> {
 fn jittered(d: Duration, rng: &mut dyn RngCore) -> Duration {
     let nanos = d.as_nanos();
     let r = u128::from(rng.next_u32());
-    let scaled = nanos * 3 / 4 + ((nanos / 2) * r >> 32);
+    let scaled = nanos * 3 / 4 + (((nanos / 2) * r) >> 32);
     Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
