@@ -15,7 +15,7 @@ use shadowmesh_platform::seqpacket::{self, SeqpacketError, SeqpacketListener};
 const NOBODY: u32 = 65534;
 
 /// Run as uid 65534 by `client_refuses_a_dataplane_of_another_user`: listens on the path in
-/// `SM_IMPOSTOR_SOCK`, takes one connection and reports whether anything arrived on it.
+/// `SM_IMPOSTOR_SOCK`, takes two connections and reports whether anything arrived on each.
 #[test]
 #[ignore = "helper run as another uid by client_refuses_a_dataplane_of_another_user"]
 fn impostor_server_child() {
@@ -24,28 +24,35 @@ fn impostor_server_child() {
     };
     let l = SeqpacketListener::bind(Path::new(&path), 0o666).expect("impostor bind");
     l.set_nonblocking(true).unwrap();
-    // Bounded: 500 × 10 ms.
-    let mut conn = None;
-    for _ in 0..500 {
-        match l.accept() {
-            Ok((c, _)) => {
-                conn = Some(c);
-                break;
+    // The parent connects only after this line: a connect between bind and listen, or after
+    // this helper has exited, would be refused by the kernel instead of by the peer check.
+    println!("IMPOSTOR listening");
+    // Two clients (control and observer), each bounded: 500 × 10 ms to arrive.
+    for _ in 0..2 {
+        let mut conn = None;
+        for _ in 0..500 {
+            match l.accept() {
+                Ok((c, _)) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(SeqpacketError::TimedOut { .. }) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("impostor accept: {e}"),
             }
-            Err(SeqpacketError::TimedOut { .. }) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("impostor accept: {e}"),
         }
-    }
-    let Some(conn) = conn else {
-        println!("IMPOSTOR no-connection");
-        return;
-    };
-    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut buf = vec![0u8; 65536];
-    match conn.recv(&mut buf) {
-        Ok(n) => println!("IMPOSTOR received {n} bytes"),
-        Err(SeqpacketError::Closed) => println!("IMPOSTOR closed-empty"),
-        Err(e) => println!("IMPOSTOR error {e}"),
+        let Some(conn) = conn else {
+            println!("IMPOSTOR no-connection");
+            return;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        match conn.recv(&mut buf) {
+            Ok(n) => println!("IMPOSTOR received {n} bytes"),
+            Err(SeqpacketError::Closed) => println!("IMPOSTOR closed-empty"),
+            Err(e) => println!("IMPOSTOR error {e}"),
+        }
     }
 }
 
@@ -82,24 +89,31 @@ fn client_refuses_a_dataplane_of_another_user() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Bounded wait for the impostor's socket: 500 × 10 ms.
-    for _ in 0..500 {
-        if path.exists() {
+    // Wait for the impostor to say it listens (the read ends if it dies: stdout closes).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // libtest prints its own header first; bounded: at most 20 lines.
+    let mut seen = String::new();
+    let mut listening = false;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap_or(0) == 0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        seen.push_str(&line);
+        if line.trim() == "IMPOSTOR listening" {
+            listening = true;
+            break;
+        }
     }
-    assert!(path.exists(), "impostor did not bind");
+    assert!(listening, "impostor did not start: {seen}");
     let result = IpcClient::connect(&path);
     let observer = IpcClient::connect_observer(&path);
     let pid = child.id();
-    // The impostor takes one connection; make sure it is not left waiting.
+    // The impostor takes two connections and exits; collect what it saw of them.
     let out = {
-        let _ = child.wait();
         let mut s = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut s);
-        }
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        let _ = child.wait();
         s
     };
     let err = result.unwrap_err();
@@ -119,6 +133,10 @@ fn client_refuses_a_dataplane_of_another_user() {
         observer,
         Err(IpcError::Socket(SeqpacketError::PeerRefused { .. }))
     ));
-    // Nothing at all reached the impostor: the connection closed before any Hello.
-    assert!(out.contains("IMPOSTOR closed-empty"), "impostor saw: {out}");
+    // Nothing at all reached the impostor: both connections closed before any Hello.
+    assert_eq!(
+        out.matches("IMPOSTOR closed-empty").count(),
+        2,
+        "impostor saw: {out}"
+    );
 }
