@@ -166,6 +166,8 @@ pub enum Route {
     Disconnect,
     /// `GET /v1/dht`.
     Dht,
+    /// `GET /v1/netcheck`.
+    Netcheck,
 }
 
 /// Maps a method and path to a route: 404 for an unknown path, 405 for a known path with
@@ -181,6 +183,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, (u16, &'static str)> {
         "/v1/connect" => ("POST", Route::Connect),
         "/v1/disconnect" => ("POST", Route::Disconnect),
         "/v1/dht" => ("GET", Route::Dht),
+        "/v1/netcheck" => ("GET", Route::Netcheck),
         _ => return Err((404, "no such path")),
     };
     if method == want {
@@ -355,6 +358,35 @@ pub struct StatusReply {
     /// The DHT (also `GET /v1/dht`).
     #[serde(default)]
     pub dht: DhtInfo,
+    /// What other nodes see of us (also `GET /v1/netcheck`).
+    #[serde(default)]
+    pub nat: NatInfo,
+}
+
+/// Our NAT as DHT replies show it, in `/v1/status` and `GET /v1/netcheck`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NatInfo {
+    /// Our local underlay addresses with the data port.
+    pub local: Vec<String>,
+    /// What the IPv4 reports say (`None` before the first report).
+    pub ipv4: Option<crate::nat::FamilyView>,
+    /// What the IPv6 reports say (`None` before the first report).
+    pub ipv6: Option<crate::nat::FamilyView>,
+    /// Every reporter's latest view of us.
+    pub reports: Vec<NatReportRow>,
+}
+
+/// One reporter's latest view of us.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NatReportRow {
+    /// Reporter node id, hex (first 8 bytes).
+    pub node_id: String,
+    /// The reporter's address.
+    pub reporter: String,
+    /// Where it saw us.
+    pub observed: String,
+    /// Seconds since the report.
+    pub age_secs: u64,
 }
 
 /// The DHT, in `/v1/status` and `GET /v1/dht`.
@@ -680,6 +712,10 @@ async fn dispatch(
         },
         Route::Dht => match snapshot(calls, bridge).await {
             Some(s) => json(serde_json::to_string(&s.dht)),
+            None => (503, error_body("the control plane is shutting down")),
+        },
+        Route::Netcheck => match snapshot(calls, bridge).await {
+            Some(s) => json(serde_json::to_string(&s.nat)),
             None => (503, error_body("the control plane is shutting down")),
         },
         Route::Connect | Route::Disconnect => {

@@ -17,6 +17,7 @@ pub mod digest;
 pub mod handshake;
 pub mod identity;
 pub mod intern;
+pub mod nat;
 pub mod node;
 pub mod peers;
 pub mod rand;

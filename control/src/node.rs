@@ -40,6 +40,7 @@ use crate::dht::record::{NodeRecord, MAX_TTL};
 use crate::dht::{Dht, DhtConfig, DhtEvent, LookupId};
 use crate::handshake::driver::{Driver, PeerSpec, Settings};
 use crate::identity::{hex, Identity};
+use crate::nat::{FamilyView, Mapping, Observations, Report};
 use crate::transport::{Budget, KIND_DHT};
 
 /// Least time between two lookups for the same destination address.
@@ -171,8 +172,8 @@ pub struct Node<'a> {
     dht: Dht<'a>,
     rng: Box<dyn RngCore + Send>,
     config: NodeConfig,
-    /// Observed addresses of ours, by how many distinct reporters.
-    observed: BTreeMap<SocketAddr, Vec<Key>>,
+    /// Our addresses as DHT replies echoed them, newest per reporter.
+    observed: Observations,
     /// What our record carries now, and its sequence number.
     published: Vec<SocketAddr>,
     record_seq: u64,
@@ -237,7 +238,7 @@ impl<'a> Node<'a> {
             dht,
             rng,
             config,
-            observed: BTreeMap::new(),
+            observed: Observations::default(),
             published: Vec::new(),
             record_seq: 0,
             republish_at: None,
@@ -263,9 +264,46 @@ impl<'a> Node<'a> {
         &self.dht
     }
 
-    /// Our addresses as others observed them, with the number of distinct reporters.
+    /// Our addresses as others observed them, with the number of reporters that see each.
     pub fn observed(&self) -> impl Iterator<Item = (SocketAddr, usize)> + '_ {
-        self.observed.iter().map(|(a, r)| (*a, r.len()))
+        self.observed.addresses().into_iter()
+    }
+
+    /// Every reporter's latest view of us (reporter id, report).
+    pub fn observations(&self) -> impl Iterator<Item = (&[u8; 32], &Report)> {
+        self.observed.reports()
+    }
+
+    /// What the reports say of our NAT, for IPv4 and IPv6 (see [`Observations::classify`]).
+    #[must_use]
+    pub fn nat(&self) -> (FamilyView, FamilyView) {
+        (
+            self.observed.classify(false, &self.config.local),
+            self.observed.classify(true, &self.config.local),
+        )
+    }
+
+    /// The observed addresses worth publishing: per family, those most reporters see, and
+    /// none when the mapping is endpoint-dependent (each address then serves its reporter
+    /// only). One reporter's view counts until there are more.
+    fn publishable_observed(&self) -> Vec<SocketAddr> {
+        let mut v = Vec::new();
+        for v6 in [false, true] {
+            if self.observed.classify(v6, &self.config.local).mapping == Mapping::EndpointDependent
+            {
+                continue;
+            }
+            let votes: Vec<(SocketAddr, usize)> = self
+                .observed
+                .addresses()
+                .into_iter()
+                .filter(|(a, _)| a.is_ipv6() == v6)
+                .collect();
+            let top = votes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            v.extend(votes.iter().filter(|(_, n)| *n == top).map(|(a, _)| *a));
+        }
+        v.sort();
+        v
     }
 
     /// The endpoints of our published record and its sequence number (0: none yet).
@@ -339,6 +377,12 @@ impl<'a> Node<'a> {
         let now = now.into();
         let mut out = self.driver.handle_timeout(now);
         self.dht.handle_timeout(now, &mut *self.rng);
+        // Stale reports go (we may have moved, the NAT may have dropped the binding); the
+        // record follows at the next re-signing.
+        if self.observed.expire(now.mono) && self.endpoints() != self.published {
+            let soon = now.mono + Duration::from_secs(1);
+            self.republish_at = Some(self.republish_at.map_or(soon, |t| t.min(soon)));
+        }
         if self.republish_at.is_some_and(|t| now.mono >= t) {
             self.publish(now);
         }
@@ -496,10 +540,11 @@ impl<'a> Node<'a> {
         if !self.config.advertise.is_empty() {
             return self.config.advertise.clone();
         }
-        let mut v: Vec<SocketAddr> = Vec::new();
         // Observed first (what others reach us at), in address order so that the set, not
         // the order reports arrived in, decides when to republish.
-        for a in self.observed.keys() {
+        let observed = self.publishable_observed();
+        let mut v: Vec<SocketAddr> = Vec::new();
+        for a in &observed {
             if !v.contains(a) {
                 v.push(*a);
             }
@@ -514,7 +559,7 @@ impl<'a> Node<'a> {
                 .chain(cert.body.ipv6.iter().map(|(a, l)| (IpAddr::V6(*a), *l)))
                 .any(|p| crate::peers::prefixes_overlap(p, (ip, max_len(ip))))
         };
-        for a in self.config.local.iter().chain(self.observed.keys()) {
+        for a in self.config.local.iter().chain(observed.iter()) {
             if !v.contains(a) && !overlay(a.ip()) {
                 v.push(*a);
             }
@@ -596,15 +641,21 @@ impl<'a> Node<'a> {
 
     fn on_dht_event(&mut self, ev: DhtEvent, now: Now, out: &mut Vec<DownMsg>) {
         match ev {
-            DhtEvent::ObservedAddr { addr, reporter } => {
-                // Bounded: 16 addresses, 16 reporters each (a liar can add one address).
-                if self.observed.len() < 16 || self.observed.contains_key(&addr) {
-                    let r = self.observed.entry(addr).or_default();
-                    if !r.contains(&reporter) && r.len() < 16 {
-                        r.push(reporter);
-                    }
-                }
-                if self.endpoints() != self.published {
+            DhtEvent::ObservedAddr {
+                addr,
+                reporter,
+                from,
+            } => {
+                // Bounded: one report per reporter, MAX_REPORTERS reporters.
+                let changed = self.observed.report(
+                    reporter.0,
+                    Report {
+                        observed: addr,
+                        reporter_addr: from,
+                        at: now.mono,
+                    },
+                );
+                if changed && self.endpoints() != self.published {
                     // At most one re-signing per PROBE_INTERVAL while addresses settle.
                     let soon = now.mono + PROBE_INTERVAL.min(Duration::from_secs(1));
                     self.republish_at = Some(self.republish_at.map_or(soon, |t| t.min(soon)));

@@ -110,6 +110,8 @@ enum Cmd {
     },
     /// The DHT: our record, routing table, stored records and recent lookups.
     Dht(status::AdminArgs),
+    /// This node's NAT as other nodes see it: mapping type, public address, every report.
+    Netcheck(status::AdminArgs),
     /// Drops a peer's sessions and routes and stops handshaking with it.
     Disconnect {
         /// Peer name.
@@ -180,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status(a) => status::status(&a),
         Cmd::Peers(a) => status::peers(&a),
         Cmd::Dht(a) => status::dht(&a),
+        Cmd::Netcheck(a) => status::netcheck(&a),
         Cmd::Connect { peer, admin } => status::connect(&admin, &peer, true),
         Cmd::Disconnect { peer, admin } => status::connect(&admin, &peer, false),
         Cmd::Demo {

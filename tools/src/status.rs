@@ -8,8 +8,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use shadowmesh_control::api::{self, DhtInfo, PeerInfo, PeersReply, StatusReply};
+use shadowmesh_control::api::{self, DhtInfo, NatInfo, PeerInfo, PeersReply, StatusReply};
 use shadowmesh_control::config::{Config, DEFAULT_ADMIN_SOCKET};
+use shadowmesh_control::nat::FamilyView;
 
 /// Where to find the admin socket.
 #[derive(Args, Debug, Clone)]
@@ -108,6 +109,7 @@ pub fn render_status(s: &StatusReply) -> String {
         s.handshakes.refused,
         s.handshakes.gave_up,
     );
+    out.push_str(&format!("nat: {}\n", nat_summary(&s.nat)));
     if s.peers.is_empty() {
         out.push_str("no peers\n");
         return out;
@@ -297,6 +299,83 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
+/// One family's view in a few words: "endpoint-independent, public 198.51.100.9:4500 (port
+/// kept), 3 reporters".
+fn family_line(v: &FamilyView) -> String {
+    let mut s = v.mapping.as_str().to_string();
+    if let Some(p) = v.public {
+        s.push_str(&format!(", public {p}"));
+        match v.port_preserved {
+            Some(true) => s.push_str(" (port kept)"),
+            Some(false) => s.push_str(" (port changed)"),
+            None => {}
+        }
+    }
+    s.push_str(&format!(
+        ", {} reporter{}",
+        v.reporters,
+        if v.reporters == 1 { "" } else { "s" }
+    ));
+    if v.distinct > 1 {
+        s.push_str(&format!(", {} addresses seen", v.distinct));
+    }
+    s
+}
+
+/// Both families on one line, for `status`.
+fn nat_summary(n: &NatInfo) -> String {
+    let parts: Vec<String> = [("IPv4", &n.ipv4), ("IPv6", &n.ipv6)]
+        .into_iter()
+        .filter_map(|(f, v)| v.as_ref().map(|v| format!("{f} {}", family_line(v))))
+        .collect();
+    if parts.is_empty() {
+        "no reports yet (needs replies from DHT nodes)".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Renders `GET /v1/netcheck`: the classification per family, then every report.
+#[must_use]
+pub fn render_netcheck(n: &NatInfo) -> String {
+    let mut out = format!("local: {}\n", list_or_none(&n.local));
+    for (f, v) in [("IPv4", &n.ipv4), ("IPv6", &n.ipv6)] {
+        match v {
+            Some(v) => out.push_str(&format!("{f}: {}\n", family_line(v))),
+            None => out.push_str(&format!("{f}: no reports\n")),
+        }
+    }
+    if n.reports.is_empty() {
+        out.push_str("\nno reports yet: the node has not heard back from a DHT node\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "\n{:<18} {:<44} {:<44} {:>6}\n",
+        "REPORTER", "REPORTER ADDRESS", "SAW US AT", "AGE"
+    ));
+    for r in &n.reports {
+        out.push_str(&format!(
+            "{:<18} {:<44} {:<44} {:>5}s\n",
+            r.node_id, r.reporter, r.observed, r.age_secs
+        ));
+    }
+    out
+}
+
+/// `shadowmesh netcheck`.
+///
+/// # Errors
+/// The control plane is unreachable or answered an error.
+pub fn netcheck(a: &AdminArgs) -> anyhow::Result<()> {
+    let (n, body): (NatInfo, _) = api::get_json(&a.socket()?, "/v1/netcheck")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", render_netcheck(&n));
+    }
+    Ok(())
+}
+
 /// `shadowmesh dht`.
 ///
 /// # Errors
@@ -324,6 +403,42 @@ pub fn connect(a: &AdminArgs, peer: &str, up: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shadowmesh_control::api::NatReportRow;
+    use shadowmesh_control::nat::Mapping;
+
+    #[test]
+    fn netcheck_names_the_mapping_the_public_address_and_each_report() {
+        let empty = NatInfo::default();
+        assert!(render_netcheck(&empty).contains("no reports yet"));
+        assert!(nat_summary(&empty).contains("no reports yet"));
+        let n = NatInfo {
+            local: vec!["192.0.2.10:4500".into()],
+            ipv4: Some(FamilyView {
+                mapping: Mapping::EndpointIndependent,
+                public: Some("198.51.100.9:4500".parse().unwrap()),
+                port_preserved: Some(true),
+                reporters: 3,
+                distinct: 2,
+            }),
+            ipv6: None,
+            reports: vec![NatReportRow {
+                node_id: "00112233aabbccdd".into(),
+                reporter: "203.0.113.1:4500".into(),
+                observed: "198.51.100.9:4500".into(),
+                age_secs: 4,
+            }],
+        };
+        let t = render_netcheck(&n);
+        assert!(
+            t.contains(
+                "IPv4: endpoint-independent, public 198.51.100.9:4500 (port kept), 3 reporters, 2 addresses seen"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("IPv6: no reports"), "{t}");
+        assert!(t.contains("203.0.113.1:4500") && t.contains("4s"), "{t}");
+        assert!(nat_summary(&n).starts_with("IPv4 endpoint-independent"));
+    }
 
     #[test]
     fn formats() {

@@ -78,6 +78,35 @@ fn six_nodes_find_each_other_through_the_dht() {
     // Let the last records reach their storers.
     std::thread::sleep(Duration::from_secs(2));
 
+    // No NAT on this LAN: every node's reporters see one of its local addresses, and
+    // `netcheck` says so.
+    for (i, node) in nodes.iter().enumerate() {
+        let st = wait_status(&topo, i, node, 10, |s| {
+            s["nat"]["ipv4"]["mapping"].as_str() == Some("no-nat")
+        });
+        assert!(
+            st.is_some(),
+            "node {i} does not see itself un-NATed: {:?}",
+            topo.status_json(i, &nodes[i])
+        );
+    }
+    let admin3 = nodes[3].admin.to_str().unwrap().to_string();
+    let out = topo
+        .exec(
+            3,
+            &[&topo.bin("shadowmesh"), "netcheck", "--admin", &admin3],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("IPv4: no NAT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("198.51.100.4:"),
+        "node 3's own address: {text}"
+    );
+
     // By name first: node 2 has no peer yet; `connect n4` looks it up and handshakes.
     let admin2 = nodes[2].admin.to_str().unwrap().to_string();
     let out = topo

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{
-    self, ApiCall, ContactRow, DataplaneInfo, DhtInfo, HandshakeInfo, LookupRow, NodeInfo,
-    PeerInfo, RecordRow, StatusReply,
+    self, ApiCall, ContactRow, DataplaneInfo, DhtInfo, HandshakeInfo, LookupRow, NatInfo,
+    NatReportRow, NodeInfo, PeerInfo, RecordRow, StatusReply,
 };
 use crate::cert::{CaPublic, CertError, NodeCert};
 use crate::clock::Now;
@@ -308,6 +308,26 @@ fn snapshot(n: &Node<'_>, name: &str, connected: bool, socket: &str, now: Now) -
             })
             .collect(),
         dht,
+        nat: nat_info(n, now),
+    }
+}
+
+fn nat_info(n: &Node<'_>, now: Duration) -> NatInfo {
+    let (v4, v6) = n.nat();
+    let seen = |v: crate::nat::FamilyView| (v.reporters > 0).then_some(v);
+    NatInfo {
+        local: n.config().local.iter().map(ToString::to_string).collect(),
+        ipv4: seen(v4),
+        ipv6: seen(v6),
+        reports: n
+            .observations()
+            .map(|(id, r)| NatReportRow {
+                node_id: hex(&id[..8]),
+                reporter: r.reporter_addr.to_string(),
+                observed: r.observed.to_string(),
+                age_secs: now.saturating_sub(r.at).as_secs(),
+            })
+            .collect(),
     }
 }
 

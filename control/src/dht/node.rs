@@ -128,6 +128,8 @@ pub enum DhtEvent {
         addr: SocketAddr,
         /// Who said so.
         reporter: Key,
+        /// The reporter's address (the one our request went to).
+        from: SocketAddr,
     },
     /// The answer to [`Dht::ping`].
     PingResult {
@@ -1137,6 +1139,7 @@ impl<'a> Dht<'a> {
             self.events.push_back(DhtEvent::ObservedAddr {
                 addr,
                 reporter: s.id,
+                from: src,
             });
         }
         match (req.purpose, m.body) {
