@@ -13,6 +13,7 @@ pub use shadowmesh_ipc as ipc;
 pub mod node;
 pub mod offload;
 pub mod ratelimit;
+pub mod relay;
 pub mod replay;
 pub mod routing;
 pub mod session;

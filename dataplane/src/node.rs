@@ -5,6 +5,7 @@
 //! Must never: hold a long-term secret (only session keys arrive, and they are zeroized after
 //! being expanded), log key material, or exit without removing the TUN it created.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use crate::engine::{
 };
 use crate::ipc::proto::{self, DownMsg, PeerStats, Stats, UpMsg, WorkerStats};
 use crate::ipc::{IpcHandler, IpcServer, IpcWaker};
+use crate::relay::RelayRoute;
 use crate::session::{Limits, Session, SessionKeys};
 
 /// Everything the dataplane process is started with.
@@ -166,6 +168,7 @@ pub fn run(
             let mut handler = EngineHandler {
                 engine: &engine,
                 clock,
+                relay_keys: HashSet::new(),
             };
             server.run_split(&mut handler, up_rx, dgram_rx, &ipc_stop)
         });
@@ -240,6 +243,8 @@ fn forward_events(
 struct EngineHandler<'a> {
     engine: &'a Engine,
     clock: fn() -> Duration,
+    /// The relay routes the workers hold (to bound them and answer removals).
+    relay_keys: HashSet<(SocketAddr, u32)>,
 }
 
 impl IpcHandler for EngineHandler<'_> {
@@ -336,6 +341,40 @@ impl IpcHandler for EngineHandler<'_> {
                 self.engine.send_control(dst, payload);
                 Ok(None)
             }
+            DownMsg::SetRelay {
+                from,
+                index,
+                to,
+                rate_bytes_per_sec,
+            } => {
+                if from == to {
+                    return Err(format!(
+                        "a relay route from {from} back to itself would loop"
+                    ));
+                }
+                if !self.relay_keys.contains(&(from, index))
+                    && self.relay_keys.len() >= proto::MAX_RELAY_ROUTES
+                {
+                    return Err(format!(
+                        "relay table full ({} routes): remove some first",
+                        proto::MAX_RELAY_ROUTES
+                    ));
+                }
+                self.relay_keys.insert((from, index));
+                self.engine.broadcast(&Command::SetRelay {
+                    from,
+                    index,
+                    route: RelayRoute::new(to, rate_bytes_per_sec),
+                });
+                Ok(None)
+            }
+            DownMsg::RemoveRelay { from, index } => {
+                if !self.relay_keys.remove(&(from, index)) {
+                    return Err(format!("no relay route from {from} with index {index}"));
+                }
+                self.engine.broadcast(&Command::RemoveRelay { from, index });
+                Ok(None)
+            }
             DownMsg::GetStats { first_peer } => Ok(Some(UpMsg::Stats(self.stats(first_peer)))),
             DownMsg::Shutdown => Ok(None),
         }
@@ -403,6 +442,8 @@ fn worker_stats(t: &WorkerTotals) -> WorkerStats {
         uring_enters: t.enters,
         held: t.held,
         hold_flushed: t.hold_flushed,
+        relayed_packets: t.relayed_packets,
+        relayed_bytes: t.relayed_bytes,
     }
 }
 
@@ -422,6 +463,7 @@ fn ipc_drop_index(cause: DropCause) -> usize {
         DropCause::ControlRateLimited => P::ControlRateLimited,
         DropCause::HoldExpired => P::HoldExpired,
         DropCause::HoldOverflow => P::HoldOverflow,
+        DropCause::RelayRateLimited => P::RelayRateLimited,
     };
     p.index()
 }

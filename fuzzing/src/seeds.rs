@@ -274,6 +274,8 @@ fn ipc() -> Named {
             uring_enters: 6,
             held: 7,
             hold_flushed: 8,
+            relayed_packets: 9,
+            relayed_bytes: 10,
         }],
         peers: vec![PeerStats {
             peer: 1,
@@ -331,6 +333,22 @@ fn ipc() -> Named {
             down(&req(7, DownMsg::GetStats { first_peer: 0 })),
         ),
         ("down-shutdown", down(&req(8, DownMsg::Shutdown))),
+        (
+            "down-set-relay",
+            down(&req(
+                9,
+                DownMsg::SetRelay {
+                    from: v4,
+                    index: 7,
+                    to: v6,
+                    rate_bytes_per_sec: 1_000_000,
+                },
+            )),
+        ),
+        (
+            "down-remove-relay",
+            down(&req(10, DownMsg::RemoveRelay { from: v4, index: 7 })),
+        ),
         (
             "up-hello",
             up(&UpFrame::Hello(Hello::ours(Role::Dataplane))),

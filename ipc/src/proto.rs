@@ -35,9 +35,14 @@ use zeroize::Zeroizing;
 /// - 2: `SessionConfirmed` event (tag 8); drop cause `ControlRateLimited` (index 12, 13 causes).
 /// - 3: drop causes `HoldExpired` and `HoldOverflow` (indices 13, 14; 15 causes); worker
 ///   stats end with `held u64, hold_flushed u64`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: relays: `SetRelay` (tag 10) and `RemoveRelay` (tag 11); drop cause `RelayRateLimited`
+///   (index 15, 16 causes); worker stats end with `relayed_packets u64, relayed_bytes u64`;
+///   at most 200 peers per `Stats` page.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest message, in bytes, either way.
 pub const MAX_MSG: usize = 64 * 1024;
+/// Most relay routes a dataplane holds (`SetRelay` beyond it is refused).
+pub const MAX_RELAY_ROUTES: usize = 65_536;
 /// Most prefixes in one `SetRoutes`.
 pub const MAX_ROUTES: usize = 2048;
 /// Largest control datagram payload (`SendControl`, `ControlReceived`).
@@ -46,8 +51,9 @@ pub const MAX_CONTROL_PAYLOAD: usize = 1500;
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// Most worker entries in one `Stats`.
 pub const MAX_STATS_WORKERS: usize = 128;
-/// Most peer entries in one `Stats`; more are paged with `GetStats { first_peer }`.
-pub const MAX_STATS_PEERS: usize = 256;
+/// Most peer entries in one `Stats`; more are paged with `GetStats { first_peer }`. (200,
+/// not 256, since version 4: a full page of 128 workers and 256 peers outgrew [`MAX_MSG`].)
+pub const MAX_STATS_PEERS: usize = 200;
 /// Length of a session key.
 pub const KEY_LEN: usize = 32;
 
@@ -303,6 +309,28 @@ pub enum DownMsg {
         /// Datagram, at most [`MAX_CONTROL_PAYLOAD`] bytes.
         payload: Vec<u8>,
     },
+    /// Relay: forward every data message that arrives from `from` with receiver index
+    /// `index` to `to`, unchanged and unread (the relay holds no key of it), at most
+    /// `rate_bytes_per_sec` (0: unlimited). Replaces an earlier route of the same key. Tag 10
+    /// (since version 4).
+    SetRelay {
+        /// Where the relayed peer's datagrams come from (as this node sees it).
+        from: SocketAddr,
+        /// The receiver index (chosen by the destination peer) its data messages carry.
+        index: u32,
+        /// Where they go.
+        to: SocketAddr,
+        /// Byte rate limit of this route (0: none).
+        rate_bytes_per_sec: u64,
+    },
+    /// Stop relaying what comes from `from` with receiver index `index`. Tag 11 (since
+    /// version 4).
+    RemoveRelay {
+        /// As in [`DownMsg::SetRelay`].
+        from: SocketAddr,
+        /// As in [`DownMsg::SetRelay`].
+        index: u32,
+    },
     /// Ask for counters; answered by [`UpMsg::Stats`].
     GetStats {
         /// Report peers with id ≥ this (paging; 0 for the first page).
@@ -346,10 +374,12 @@ pub enum DropCause {
     HoldExpired = 13,
     /// A held packet pushed out, oldest first, by newer ones (the hold queue is bounded).
     HoldOverflow = 14,
+    /// A relayed datagram over its route's rate limit.
+    RelayRateLimited = 15,
 }
 
 /// How many [`DropCause`]s there are (the length of `drops` arrays).
-pub const DROP_CAUSES: usize = 15;
+pub const DROP_CAUSES: usize = 16;
 
 impl DropCause {
     /// All causes, in index order.
@@ -369,6 +399,7 @@ impl DropCause {
         DropCause::ControlRateLimited,
         DropCause::HoldExpired,
         DropCause::HoldOverflow,
+        DropCause::RelayRateLimited,
     ];
 
     /// Index into a `drops` array.
@@ -394,6 +425,7 @@ impl DropCause {
             DropCause::ControlRateLimited => "control_rate_limited",
             DropCause::HoldExpired => "hold_expired",
             DropCause::HoldOverflow => "hold_overflow",
+            DropCause::RelayRateLimited => "relay_rate_limited",
         }
     }
 }
@@ -417,6 +449,10 @@ pub struct WorkerStats {
     pub held: u64,
     /// Held packets sent once their route and session existed.
     pub hold_flushed: u64,
+    /// Datagrams forwarded for others (relay).
+    pub relayed_packets: u64,
+    /// Bytes of those.
+    pub relayed_bytes: u64,
 }
 
 /// Counters of one peer.
@@ -700,6 +736,23 @@ fn encode_down_msg(w: &mut Writer<'_>, msg: &DownMsg) -> Result<(), EncodeError>
             w.u32(*first_peer);
         }
         DownMsg::Shutdown => w.u8(8),
+        DownMsg::SetRelay {
+            from,
+            index,
+            to,
+            rate_bytes_per_sec,
+        } => {
+            w.u8(10);
+            w.sockaddr(from);
+            w.u32(*index);
+            w.sockaddr(to);
+            w.u64(*rate_bytes_per_sec);
+        }
+        DownMsg::RemoveRelay { from, index } => {
+            w.u8(11);
+            w.sockaddr(from);
+            w.u32(*index);
+        }
     }
     Ok(())
 }
@@ -724,6 +777,8 @@ fn encode_up_msg(w: &mut Writer<'_>, msg: &UpMsg) -> Result<(), EncodeError> {
                 w.u64(ws.uring_enters);
                 w.u64(ws.held);
                 w.u64(ws.hold_flushed);
+                w.u64(ws.relayed_packets);
+                w.u64(ws.relayed_bytes);
             }
             w.count("Stats peers", s.peers.len(), MAX_STATS_PEERS)?;
             for ps in &s.peers {
@@ -1108,6 +1163,16 @@ fn decode_down_msg(r: &mut Reader<'_>) -> Result<DownMsg, DecodeError> {
             first_peer: r.u32("GetStats first_peer")?,
         },
         8 => DownMsg::Shutdown,
+        10 => DownMsg::SetRelay {
+            from: r.sockaddr("SetRelay from")?,
+            index: r.u32("SetRelay index")?,
+            to: r.sockaddr("SetRelay to")?,
+            rate_bytes_per_sec: r.u64("SetRelay rate_bytes_per_sec")?,
+        },
+        11 => DownMsg::RemoveRelay {
+            from: r.sockaddr("RemoveRelay from")?,
+            index: r.u32("RemoveRelay index")?,
+        },
         tag => {
             return Err(DecodeError::UnknownTag {
                 direction: "down",
@@ -1134,7 +1199,7 @@ fn decode_up_msg(r: &mut Reader<'_>) -> Result<UpMsg, DecodeError> {
             UpMsg::Error { code, message }
         }
         3 => {
-            const WORKER_LEN: usize = 4 * 8 + 1 + DROP_CAUSES * 8 + 3 * 8;
+            const WORKER_LEN: usize = 4 * 8 + 1 + DROP_CAUSES * 8 + 5 * 8;
             const PEER_LEN: usize = 4 + 4 * 8 + 1 + DROP_CAUSES * 8 + 9;
             let nw = r.count("Stats workers", MAX_STATS_WORKERS, WORKER_LEN)?;
             let mut workers = Vec::with_capacity(nw);
@@ -1148,6 +1213,8 @@ fn decode_up_msg(r: &mut Reader<'_>) -> Result<UpMsg, DecodeError> {
                     uring_enters: r.u64("worker uring_enters")?,
                     held: r.u64("worker held")?,
                     hold_flushed: r.u64("worker hold_flushed")?,
+                    relayed_packets: r.u64("worker relayed_packets")?,
+                    relayed_bytes: r.u64("worker relayed_bytes")?,
                 });
             }
             let np = r.count("Stats peers", MAX_STATS_PEERS, PEER_LEN)?;

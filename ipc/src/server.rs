@@ -605,6 +605,9 @@ pub struct MemoryHandler {
     pub endpoints: std::collections::BTreeMap<u32, std::net::SocketAddr>,
     /// Control datagrams it was asked to send.
     pub sent_control: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    /// Relay routes: (from, index) → (to, rate).
+    pub relays:
+        std::collections::BTreeMap<(std::net::SocketAddr, u32), (std::net::SocketAddr, u64)>,
     /// What `GetStats` answers.
     pub stats: proto::Stats,
     /// Whether `Shutdown` was received.
@@ -647,6 +650,19 @@ impl IpcHandler for MemoryHandler {
                 return Ok(Some(UpMsg::Stats(page)));
             }
             DownMsg::Shutdown => self.shutdown = true,
+            DownMsg::SetRelay {
+                from,
+                index,
+                to,
+                rate_bytes_per_sec,
+            } => {
+                self.relays.insert((from, index), (to, rate_bytes_per_sec));
+            }
+            DownMsg::RemoveRelay { from, index } => {
+                if self.relays.remove(&(from, index)).is_none() {
+                    return Err(format!("no relay route from {from} with index {index}"));
+                }
+            }
         }
         Ok(None)
     }

@@ -296,6 +296,10 @@ fn describe(msg: &DownMsg) -> String {
         DownMsg::SendControl { dst, .. } => format!("SendControl to {dst}"),
         DownMsg::GetStats { .. } => "GetStats".into(),
         DownMsg::Shutdown => "Shutdown".into(),
+        DownMsg::SetRelay {
+            from, index, to, ..
+        } => format!("SetRelay from {from} index {index} to {to}"),
+        DownMsg::RemoveRelay { from, index } => format!("RemoveRelay from {from} index {index}"),
     }
 }
 

@@ -286,6 +286,8 @@ fn kind(m: &DownMsg) -> &'static str {
         DownMsg::SendControl { .. } => "SendControl",
         DownMsg::GetStats { .. } => "GetStats",
         DownMsg::Shutdown => "Shutdown",
+        DownMsg::SetRelay { .. } => "SetRelay",
+        DownMsg::RemoveRelay { .. } => "RemoveRelay",
     }
 }
 

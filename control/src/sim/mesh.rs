@@ -326,7 +326,12 @@ impl<'a> MeshNode<'a> {
                     }
                     self.release();
                 }
-                DownMsg::SetSources { .. } | DownMsg::GetStats { .. } | DownMsg::Shutdown => {}
+                // No relaying in this model yet (issue 11).
+                DownMsg::SetSources { .. }
+                | DownMsg::GetStats { .. }
+                | DownMsg::Shutdown
+                | DownMsg::SetRelay { .. }
+                | DownMsg::RemoveRelay { .. } => {}
             }
         }
         while let Some(ev) = self.node.poll_event() {

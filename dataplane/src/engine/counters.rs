@@ -49,11 +49,13 @@ pub enum DropCause {
     HoldExpired = 15,
     /// Held TUN packet dropped, oldest first, to make room in the bounded hold queue.
     HoldOverflow = 16,
+    /// Relayed datagram over its route's rate limit (see [`crate::relay`]).
+    RelayRateLimited = 17,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     /// Every cause, in counter-index order.
     pub const ALL: [DropCause; Self::COUNT] = [
         Self::Garbage,
@@ -73,6 +75,7 @@ impl DropCause {
         Self::ControlRateLimited,
         Self::HoldExpired,
         Self::HoldOverflow,
+        Self::RelayRateLimited,
     ];
 
     /// A stable snake_case name for status output and metrics.
@@ -95,6 +98,7 @@ impl DropCause {
             Self::ControlRateLimited => "control_rate_limited",
             Self::HoldExpired => "hold_expired",
             Self::HoldOverflow => "hold_overflow",
+            Self::RelayRateLimited => "relay_rate_limited",
         }
     }
 }
@@ -135,6 +139,10 @@ pub struct WorkerTotals {
     pub held: u64,
     /// Held packets sent once their route and session existed.
     pub hold_flushed: u64,
+    /// Datagrams forwarded for others (relay).
+    pub relayed_packets: u64,
+    /// Bytes of those.
+    pub relayed_bytes: u64,
     /// Drops, indexed by [`DropCause`].
     pub drops: [u64; DropCause::COUNT],
     /// Garbage drops, indexed by [`GarbageReason`].
@@ -168,6 +176,8 @@ impl WorkerTotals {
         self.enters += o.enters;
         self.held += o.held;
         self.hold_flushed += o.hold_flushed;
+        self.relayed_packets += o.relayed_packets;
+        self.relayed_bytes += o.relayed_bytes;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -182,7 +192,7 @@ impl WorkerTotals {
     }
 }
 
-const SCALARS: usize = 11;
+const SCALARS: usize = 13;
 
 /// The published copy of a worker's counters, read by the IPC thread.
 #[derive(Debug)]
@@ -218,6 +228,8 @@ impl WorkerCounters {
             t.enters,
             t.held,
             t.hold_flushed,
+            t.relayed_packets,
+            t.relayed_bytes,
         ];
         for (a, v) in self.scalars.iter().zip(scalars) {
             a.store(v, Ordering::Relaxed);
@@ -245,6 +257,8 @@ impl WorkerCounters {
             enters: s[8],
             held: s[9],
             hold_flushed: s[10],
+            relayed_packets: s[11],
+            relayed_bytes: s[12],
             drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
             garbage: std::array::from_fn(|i| self.garbage[i].load(Ordering::Relaxed)),
         }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::relay::RelayRoute;
 use crate::routing::RoutingTable;
 use crate::session::{PeerId, PeerSessions, Session, MAX_PENDING};
 
@@ -77,6 +78,22 @@ pub enum Command {
     Keepalive {
         /// The peer.
         peer: PeerId,
+    },
+    /// Relays data messages from `from` with receiver index `index` (see [`crate::relay`]).
+    SetRelay {
+        /// Source address of the relayed peer.
+        from: SocketAddr,
+        /// Receiver index its data messages carry.
+        index: u32,
+        /// Where they go, and the limit, shared by all workers.
+        route: RelayRoute,
+    },
+    /// Stops relaying from `from` with receiver index `index`.
+    RemoveRelay {
+        /// Source address of the relayed peer.
+        from: SocketAddr,
+        /// Receiver index.
+        index: u32,
     },
     /// Sends a control datagram from the data port (given to one worker only).
     SendControl {
@@ -168,6 +185,10 @@ pub struct Tables {
     pub routes: RoutingTable<PeerId>,
     /// Session installs refused because their index was in use.
     pub refused_installs: u64,
+    /// Relay routes by (source address, receiver index); empty unless this node relays.
+    /// Looked up with addresses and indices from the network but only inserted by the
+    /// control plane, so the default (keyed) hasher keeps lookups cheap and unforgeable.
+    pub relays: HashMap<(SocketAddr, u32), RelayRoute>,
 }
 
 impl Tables {
@@ -245,6 +266,12 @@ impl Tables {
                     .entry(peer)
                     .or_insert_with(|| PeerEntry::new(new_counters(peer)));
                 entry.endpoint = Some(addr);
+            }
+            Command::SetRelay { from, index, route } => {
+                self.relays.insert((from, index), route);
+            }
+            Command::RemoveRelay { from, index } => {
+                self.relays.remove(&(from, index));
             }
             Command::SendControl { .. } | Command::Keepalive { .. } => {}
         }

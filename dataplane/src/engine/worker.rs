@@ -92,6 +92,8 @@ pub struct Worker<I: PacketIo> {
     totals: WorkerTotals,
     rx: Vec<Received>,
     plain: Vec<Range<usize>>,
+    /// Datagrams of the current receive buffer to relay, with their destinations.
+    forward: Vec<(Range<usize>, SocketAddr)>,
     coalesced: Vec<Coalesced>,
     /// Plain packets of this turn sealed back to back for one GSO send (see [`TxBatch`]).
     batch: Option<TxBatch>,
@@ -136,6 +138,7 @@ impl<I: PacketIo> Worker<I> {
             totals: WorkerTotals::default(),
             rx: Vec::with_capacity(RX_BATCH),
             plain: Vec::with_capacity(GRO_MAX),
+            forward: Vec::with_capacity(GRO_MAX),
             coalesced: vec![Coalesced::default(); GRO_MAX],
             batch: None,
             // Randomly keyed per worker, so no one can aim sources at one set of the table.
@@ -546,6 +549,7 @@ impl<I: PacketIo> Worker<I> {
         now: Duration,
     ) {
         self.plain.clear();
+        self.forward.clear();
         let segment_size = segment_size.max(1);
         let mut roamed: Option<(PeerId, SocketAddr)> = None;
         {
@@ -563,6 +567,22 @@ impl<I: PacketIo> Worker<I> {
                 };
                 match wire::classify(bytes) {
                     Datagram::Data(header) => {
+                        // Relayed traffic first: a route names this source and index, so it
+                        // is another peer's message and ours to forward, not to open.
+                        if !self.tables.relays.is_empty() {
+                            if let Some(route) =
+                                self.tables.relays.get(&(src, header.receiver_index))
+                            {
+                                if !route.rate.take(bytes.len(), now) {
+                                    self.totals.drop(DropCause::RelayRateLimited);
+                                } else if self.forward.len() == self.forward.capacity() {
+                                    self.totals.drop(DropCause::NoBuffer);
+                                } else {
+                                    self.forward.push((dgram.clone(), route.to));
+                                }
+                                continue;
+                            }
+                        }
                         let Some(&peer) = self.tables.by_index.get(&header.receiver_index) else {
                             self.totals.drop(DropCause::UnknownIndex);
                             continue;
@@ -664,8 +684,47 @@ impl<I: PacketIo> Worker<I> {
         if let Some((peer, addr)) = roamed {
             self.roam(peer, addr);
         }
+        self.relay_forward(buf);
         self.write_plain(buf);
         self.io.release(buf);
+    }
+
+    /// Sends the datagrams of one receive buffer that are relayed, unchanged, from the buffer
+    /// itself (no copy). Runs of equal-size datagrams, back to back in the buffer and bound
+    /// for one destination (a GRO batch of one flow), go out as one GSO send.
+    fn relay_forward(&mut self, buf: BufId) {
+        let gso = self.io.gso_enabled();
+        let mut i = 0;
+        // Bounded: each pass consumes at least one entry of `forward` (≤ GRO_MAX).
+        while let Some((first, to)) = self.forward.get(i).cloned() {
+            let size = first.len();
+            let mut end = first.end;
+            let mut n = 1;
+            if gso {
+                while let Some((r, t)) = self.forward.get(i + n) {
+                    // The last segment of a GSO send may be shorter, never longer.
+                    if *t != to
+                        || r.start != end
+                        || r.len() > size
+                        || n >= GSO_MAX_SEGMENTS
+                        || r.end - first.start > GSO_MAX_BYTES
+                    {
+                        break;
+                    }
+                    end = r.end;
+                    n += 1;
+                    if r.len() < size {
+                        break;
+                    }
+                }
+            }
+            let segment = (n > 1).then(|| u16::try_from(size).unwrap_or(u16::MAX));
+            self.io.send_udp(buf, first.start..end, to, segment);
+            self.totals.udp_tx_datagrams += n as u64;
+            self.totals.relayed_packets += n as u64;
+            self.totals.relayed_bytes += (end - first.start) as u64;
+            i += n;
+        }
     }
 
     /// An authenticated packet came from a new address: send there from now on (roaming).

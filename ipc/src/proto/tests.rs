@@ -68,6 +68,15 @@ fn down_msg() -> impl Strategy<Value = DownMsg> {
             .prop_map(|(dst, payload)| DownMsg::SendControl { dst, payload }),
         any::<u32>().prop_map(|first_peer| DownMsg::GetStats { first_peer }),
         Just(DownMsg::Shutdown),
+        (sockaddr(), any::<u32>(), sockaddr(), any::<u64>()).prop_map(
+            |(from, index, to, rate_bytes_per_sec)| DownMsg::SetRelay {
+                from,
+                index,
+                to,
+                rate_bytes_per_sec,
+            }
+        ),
+        (sockaddr(), any::<u32>()).prop_map(|(from, index)| DownMsg::RemoveRelay { from, index }),
     ]
 }
 
@@ -75,7 +84,7 @@ fn worker_stats() -> impl Strategy<Value = WorkerStats> {
     (
         any::<[u64; 4]>(),
         any::<[u64; DROP_CAUSES]>(),
-        any::<[u64; 3]>(),
+        any::<[u64; 5]>(),
     )
         .prop_map(|(c, drops, u)| WorkerStats {
             rx_packets: c[0],
@@ -86,6 +95,8 @@ fn worker_stats() -> impl Strategy<Value = WorkerStats> {
             uring_enters: u[0],
             held: u[1],
             hold_flushed: u[2],
+            relayed_packets: u[3],
+            relayed_bytes: u[4],
         })
 }
 
@@ -228,7 +239,7 @@ proptest! {
 fn hello_layout_is_frozen() {
     let mut buf = Vec::new();
     encode_down(&DownFrame::Hello(Hello::ours(Role::Control)), &mut buf).unwrap();
-    assert_eq!(buf, [0x01, 0x03, 0x00, 0x01]);
+    assert_eq!(buf, [0x01, 0x04, 0x00, 0x01]);
 }
 
 #[test]
@@ -261,6 +272,8 @@ fn drop_cause_indices_are_stable() {
     assert_eq!(DropCause::HoldExpired.name(), "hold_expired");
     assert_eq!(DropCause::HoldOverflow.index(), 14);
     assert_eq!(DropCause::HoldOverflow.name(), "hold_overflow");
+    assert_eq!(DropCause::RelayRateLimited.index(), 15);
+    assert_eq!(DropCause::RelayRateLimited.name(), "relay_rate_limited");
     for (i, c) in DropCause::ALL.iter().enumerate() {
         assert_eq!(c.index(), i);
     }
@@ -282,10 +295,10 @@ fn version_mismatch_names_both_versions() {
         "{text}"
     );
     // A future Hello may be longer; the version is still found and reported.
-    let err = decode_down(&[0x01, 0x04, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
+    let err = decode_down(&[0x01, 0x05, 0x00, 0x01, 0xff, 0xff]).unwrap_err();
     assert!(matches!(
         err,
-        DecodeError::VersionMismatch { theirs: 4, .. }
+        DecodeError::VersionMismatch { theirs: 5, .. }
     ));
 }
 

@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-pub use shadowmesh::netns::{field, static_index as index, static_key as key, Topology};
+pub use shadowmesh::netns::{
+    field, static_index as index, static_key as key, transfer_intact, Topology,
+};
 use shadowmesh_dataplane::ipc::Stats;
 
 /// Whether the test may run; prints why not otherwise.

@@ -1,0 +1,169 @@
+//! Root-only: a relay in the dataplane. Nodes 0 and 1 share a session but cannot reach each
+//! other (a blackhole route each way); both send to node 2, whose dataplane holds no key of
+//! their session and forwards by its relay routes. Overlay ping both ways over IPv4 and IPv6,
+//! a 64 MB TCP transfer whose SHA-256 matches at the far end, the relay's counters (all
+//! relayed, nothing written to its TUN), and after `RemoveRelay` the path is gone.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use shadowmesh_dataplane::ipc::{DownMsg, IpcClient, UpMsg};
+
+const PORT: u16 = 51820;
+
+fn underlay(i: usize) -> SocketAddr {
+    format!("198.51.100.{}:{PORT}", i + 1).parse().unwrap()
+}
+
+fn request(c: &mut IpcClient, msg: DownMsg) {
+    let reply = c.request(msg).unwrap();
+    assert_eq!(reply, UpMsg::Ack, "the relay refused a request");
+}
+
+#[test]
+fn two_nodes_talk_through_a_relay_that_cannot_read_them() {
+    if !root_or_skip("two_nodes_talk_through_a_relay_that_cannot_read_them") {
+        return;
+    }
+    let mut topo = star("rl", 3);
+    let s0 = topo.start_dataplane(0, "uring", 1).unwrap();
+    let s1 = topo.start_dataplane(1, "uring", 1).unwrap();
+    let s2 = topo.start_dataplane(2, "uring", 2).unwrap();
+    install_mesh(&[s0.clone(), s1.clone()], &[0, 1]);
+    // No direct path between 0 and 1.
+    for (i, other) in [(0, 1), (1, 0)] {
+        let dst = format!("198.51.100.{}/32", other + 1);
+        let out = topo
+            .exec(i, &["ip", "route", "add", "blackhole", &dst])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Each sends to the relay instead (peer ids are node numbers + 1).
+    for (sock, peer) in [(&s0, 2u32), (&s1, 1u32)] {
+        let mut c = IpcClient::connect(sock).unwrap();
+        request(
+            &mut c,
+            DownMsg::SetEndpoint {
+                peer,
+                addr: underlay(2),
+            },
+        );
+    }
+    // The relay: what 0 sends with 1's receiver index goes to 1, and back.
+    let mut relay = IpcClient::connect(&s2).unwrap();
+    for (from, to) in [(0, 1), (1, 0)] {
+        request(
+            &mut relay,
+            DownMsg::SetRelay {
+                from: underlay(from),
+                index: index(to, from),
+                to: underlay(to),
+                rate_bytes_per_sec: 0,
+            },
+        );
+    }
+    // A route back to its own source is refused with a reason.
+    let loopback = relay.request(DownMsg::SetRelay {
+        from: underlay(0),
+        index: 1,
+        to: underlay(0),
+        rate_bytes_per_sec: 0,
+    });
+    assert!(
+        loopback
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("loop")),
+        "{loopback:?}"
+    );
+
+    for (from, dst) in [
+        (0, "100.64.0.2"),
+        (1, "100.64.0.1"),
+        (0, "fd00::2"),
+        (1, "fd00::1"),
+    ] {
+        assert!(
+            topo.ping_until(from, dst, 10),
+            "ping {from} → {dst} through the relay failed\nrelay: {:?}",
+            stats(&s2)
+        );
+    }
+
+    let cli = topo.bin("shadowmesh");
+    let cli = cli.as_str();
+    let server = topo
+        .spawn(
+            1,
+            &[cli, "bench", "bulk-server", "--listen", "100.64.0.2:7001"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let client = topo
+        .spawn(
+            0,
+            &[
+                cli,
+                "bench",
+                "bulk-client",
+                "--connect",
+                "100.64.0.2:7001",
+                "--bytes",
+                "64M",
+                "--seed",
+                "3",
+            ],
+        )
+        .unwrap();
+    let c = topo.wait(client, Duration::from_secs(240)).unwrap();
+    let s = topo.wait(server, Duration::from_secs(30)).unwrap();
+    let (c, s) = (
+        String::from_utf8_lossy(&c.stdout).to_string(),
+        String::from_utf8_lossy(&s.stdout).to_string(),
+    );
+    assert!(
+        transfer_intact(&c, &s),
+        "relayed transfer: client {c:?} / server {s:?}"
+    );
+    eprintln!(
+        "relayed 64M in {:.2} s: {}",
+        started.elapsed().as_secs_f64(),
+        c.trim()
+    );
+
+    let st = stats(&s2);
+    let relayed: u64 = st.workers.iter().map(|w| w.relayed_packets).sum();
+    let bytes: u64 = st.workers.iter().map(|w| w.relayed_bytes).sum();
+    let tun: u64 = st.workers.iter().map(|w| w.rx_packets + w.tx_packets).sum();
+    assert!(
+        relayed > 40_000 && bytes > 64 << 20,
+        "relay counters: {st:?}"
+    );
+    assert_eq!(
+        tun, 0,
+        "the relay decrypted or sent something itself: {st:?}"
+    );
+    assert!(st.peers.is_empty(), "the relay has peers: {st:?}");
+
+    // Without its routes the relay forwards nothing, and 0 cannot reach 1.
+    for (from, to) in [(0, 1), (1, 0)] {
+        request(
+            &mut relay,
+            DownMsg::RemoveRelay {
+                from: underlay(from),
+                index: index(to, from),
+            },
+        );
+    }
+    assert!(
+        !ping(&topo, 0, "100.64.0.2", 2),
+        "a path survived RemoveRelay"
+    );
+    let after = stats(&s2);
+    let relayed_after: u64 = after.workers.iter().map(|w| w.relayed_packets).sum();
+    assert_eq!(relayed_after, relayed, "forwarded after RemoveRelay");
+}
