@@ -171,28 +171,9 @@ fn two_nodes_talk_through_a_relay_that_cannot_read_them() {
 /// A bulk TCP transfer 0 → 1 over the overlay; asserts it arrived intact and returns the
 /// client's summary line.
 fn bulk(topo: &mut Topology, port: u16, bytes: &str) -> String {
-    let cli = topo.bin("shadowmesh");
-    let cli = cli.as_str();
     let listen = format!("100.64.0.2:{port}");
-    let server = topo
-        .spawn(1, &[cli, "bench", "bulk-server", "--listen", &listen])
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let client = topo
-        .spawn(
-            0,
-            &[
-                cli,
-                "bench",
-                "bulk-client",
-                "--connect",
-                &listen,
-                "--bytes",
-                bytes,
-                "--seed",
-                "3",
-            ],
-        )
+    let (server, client) = topo
+        .start_bulk(1, 0, &listen, &[], &["--bytes", bytes, "--seed", "3"])
         .unwrap();
     let c = topo.wait(client, Duration::from_secs(240)).unwrap();
     let s = topo.wait(server, Duration::from_secs(30)).unwrap();
