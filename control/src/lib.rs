@@ -20,6 +20,7 @@ pub mod intern;
 pub mod nat;
 pub mod node;
 pub mod peers;
+pub mod punch;
 pub mod rand;
 pub mod ratelimit;
 pub mod sim;

@@ -41,7 +41,8 @@ use crate::dht::{Dht, DhtConfig, DhtEvent, LookupId};
 use crate::handshake::driver::{Driver, PeerSpec, Settings};
 use crate::identity::{hex, Identity};
 use crate::nat::{FamilyView, Mapping, Observations, Report};
-use crate::transport::{Budget, KIND_DHT};
+use crate::punch::{PunchStats, Punches, Role};
+use crate::transport::{Budget, KIND_DHT, KIND_NAT};
 
 /// Least time between two lookups for the same destination address.
 pub const LOOKUP_INTERVAL: Duration = Duration::from_secs(2);
@@ -59,6 +60,12 @@ pub const REPUBLISH_BEFORE_EXPIRY: Duration = Duration::from_secs(20 * 60);
 pub const MAX_ENDPOINTS: usize = 8;
 /// Operator lookups (`connect NAME|IP`) waiting at once.
 pub const MAX_CONNECT_LOOKUPS: usize = 64;
+/// How often a node pings its homes: below the strictest common UDP binding timeout of NATs
+/// (30 s; RFC 4787 asks for ≥ 2 min, many home routers keep 30–60 s), so the home can always
+/// reach it, and below the home's [`crate::dht::bindings::BIND_TIMEOUT`].
+pub const HOME_KEEPALIVE: Duration = Duration::from_secs(25);
+/// Most homes a node keeps (and lists in its record).
+pub const MAX_HOMES: usize = 2;
 
 /// What discovery needs from the configuration and the host.
 #[derive(Debug, Clone, Default)]
@@ -186,6 +193,14 @@ pub struct Node<'a> {
     next_ticket: u64,
     log: VecDeque<LookupLog>,
     events: VecDeque<NodeEvent>,
+    /// The nodes that can always reach us (bound by our keepalives), listed in our record.
+    homes: Vec<(Key, SocketAddr)>,
+    next_home_ping: Option<Duration>,
+    next_home_check: Duration,
+    /// Hole punches in progress.
+    punches: Punches,
+    /// Introductions from nodes that are not our homes (dropped).
+    stray_introductions: u64,
 }
 
 impl std::fmt::Debug for Node<'_> {
@@ -249,6 +264,11 @@ impl<'a> Node<'a> {
             next_ticket: 1,
             log: VecDeque::new(),
             events: VecDeque::new(),
+            homes: Vec::new(),
+            next_home_ping: None,
+            next_home_check: Duration::ZERO,
+            punches: Punches::default(),
+            stray_introductions: 0,
         })
     }
 
@@ -304,6 +324,19 @@ impl<'a> Node<'a> {
         }
         v.sort();
         v
+    }
+
+    /// Our homes (node id, address): bootstrap nodes that answered, kept bound by pings.
+    #[must_use]
+    pub fn homes(&self) -> &[(Key, SocketAddr)] {
+        &self.homes
+    }
+
+    /// Hole-punching counters, and introductions refused because they did not come from a
+    /// home of ours.
+    #[must_use]
+    pub fn punch_stats(&self) -> (PunchStats, u64) {
+        (self.punches.stats(), self.stray_introductions)
     }
 
     /// The endpoints of our published record and its sequence number (0: none yet).
@@ -365,10 +398,17 @@ impl<'a> Node<'a> {
     pub fn poll_timeout(&self, now: impl Into<Now>) -> Duration {
         let now = now.into();
         let probe = self.liveness.values().map(|l| l.next_probe).min();
-        [self.dht.poll_timeout(), probe, self.republish_at]
-            .into_iter()
-            .flatten()
-            .fold(self.driver.poll_timeout(now), Duration::min)
+        [
+            self.dht.poll_timeout(),
+            probe,
+            self.republish_at,
+            self.next_home_ping,
+            (!self.config.bootstrap.is_empty()).then_some(self.next_home_check),
+            self.punches.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.driver.poll_timeout(now), Duration::min)
     }
 
     /// Runs the timers due at `now`.
@@ -387,8 +427,155 @@ impl<'a> Node<'a> {
             self.publish(now);
         }
         self.probe_peers(now);
+        self.keep_homes(now);
+        self.send_probes(now, &mut out);
         self.pump(now, &mut out);
         out
+    }
+
+    /// Picks our homes among the bootstrap nodes in our routing table (they answered, so
+    /// their address is confirmed) and pings them every [`HOME_KEEPALIVE`]; a change of homes
+    /// re-signs our record.
+    fn keep_homes(&mut self, now: Now) {
+        if now.mono >= self.next_home_check && !self.config.bootstrap.is_empty() {
+            // Every second until we have all the homes we can, then every minute.
+            let complete = self.homes.len() >= MAX_HOMES.min(self.config.bootstrap.len());
+            self.next_home_check = now.mono
+                + if complete {
+                    Duration::from_secs(60)
+                } else {
+                    Duration::from_secs(1)
+                };
+            self.choose_homes(now);
+        }
+        if self.next_home_ping.is_some_and(|t| now.mono >= t) {
+            for (id, addr) in self.homes.clone() {
+                self.dht.ping(id, addr, now, &mut *self.rng);
+            }
+            self.next_home_ping = Some(now.mono + HOME_KEEPALIVE);
+        }
+    }
+
+    fn choose_homes(&mut self, now: Now) {
+        let mut homes: Vec<(Key, SocketAddr)> = self
+            .dht
+            .routing_table()
+            .filter(|c| self.config.bootstrap.contains(&c.addr))
+            .map(|c| (c.id, c.addr))
+            .collect();
+        homes.sort_by_key(|(_, a)| *a);
+        homes.truncate(MAX_HOMES);
+        if homes != self.homes {
+            info!(homes = ?homes.iter().map(|h| h.1).collect::<Vec<_>>(), "homes changed");
+            self.homes = homes;
+            self.next_home_ping = (!self.homes.is_empty()).then_some(now.mono);
+            if self.record_seq > 0 {
+                let soon = now.mono + Duration::from_secs(1);
+                self.republish_at = Some(self.republish_at.map_or(soon, |t| t.min(soon)));
+            }
+        }
+    }
+
+    /// Sends the punch probes that are due.
+    fn send_probes(&mut self, now: Now, out: &mut Vec<DownMsg>) {
+        for (dst, msg) in self.punches.due(now.mono) {
+            out.extend(
+                self.driver
+                    .send_message(dst, KIND_NAT, &msg, Budget::ONCE, now.mono),
+            );
+        }
+    }
+
+    /// Starts a hole punch towards the node of `rec` (a dynamic peer now) when its record
+    /// names homes: asks each home to introduce us (with a fresh token and our candidates)
+    /// and probes the record's endpoints ourselves, so both NATs open for each other.
+    fn traverse(&mut self, rec: &NodeRecord, now: Now, out: &mut Vec<DownMsg>) {
+        let node_id = rec.node_id();
+        if rec.relays.is_empty() || self.punches.active_with(&node_id, now.mono) {
+            return;
+        }
+        let reject_after = self.driver.settings().reject_after;
+        let live = self
+            .driver
+            .peers()
+            .by_node(&node_id)
+            .and_then(|id| self.driver.peers().get(id))
+            .is_some_and(|p| p.live_session(now.mono, reject_after).is_some());
+        if live {
+            return;
+        }
+        let mut token = [0u8; crate::dht::messages::TOKEN_LEN];
+        self.rng.fill_bytes(&mut token);
+        let ours = self.endpoints();
+        let mut asked = 0;
+        for home in rec.relays.iter().take(MAX_HOMES) {
+            let home = Key::for_node(home);
+            let addr = self
+                .dht
+                .routing_table()
+                .find(|c| c.id == home)
+                .map(|c| c.addr);
+            let Some(addr) = addr else {
+                debug!("a home of the record is not in our routing table");
+                continue;
+            };
+            if self.dht.introduce(
+                home,
+                addr,
+                Key::for_node(&node_id),
+                token,
+                ours.clone(),
+                now,
+                &mut *self.rng,
+            ) {
+                asked += 1;
+            }
+        }
+        debug!(homes = asked, "punching: introductions asked");
+        self.punches
+            .start(token, node_id, Role::Initiator, &rec.endpoints, now.mono);
+        self.send_probes(now, out);
+    }
+
+    /// A home passed on that `from` wants to reach us: probe its candidates at once.
+    fn on_introduction(
+        &mut self,
+        home: Key,
+        from: Key,
+        token: [u8; crate::dht::messages::TOKEN_LEN],
+        candidates: &[SocketAddr],
+        now: Now,
+        out: &mut Vec<DownMsg>,
+    ) {
+        if !self.homes.iter().any(|(h, _)| *h == home) {
+            self.stray_introductions += 1;
+            return;
+        }
+        debug!(candidates = ?candidates, "introduced by a home; punching");
+        if self
+            .punches
+            .start(token, from.0, Role::Responder, candidates, now.mono)
+        {
+            self.send_probes(now, out);
+        }
+    }
+
+    /// A control message of kind NAT: a punch probe or its reply.
+    fn on_nat_message(&mut self, src: SocketAddr, msg: &[u8], now: Now, out: &mut Vec<DownMsg>) {
+        let Some(p) = self.punches.on_probe(src, msg, now.mono) else {
+            return;
+        };
+        if let Some(reply) = p.reply {
+            out.extend(
+                self.driver
+                    .send_message(src, KIND_NAT, &reply, Budget::ONCE, now.mono),
+            );
+        }
+        if p.first && p.role == Role::Initiator {
+            if let Some(id) = self.driver.peers().by_node(&p.peer_node) {
+                out.extend(self.driver.punched(id, src, now));
+            }
+        }
     }
 
     /// Operator request: connect to a peer by name (or node id prefix), or look up a name or
@@ -516,7 +703,7 @@ impl<'a> Node<'a> {
             self.identity,
             self.driver.my_cert(),
             endpoints.clone(),
-            Vec::new(),
+            self.homes.iter().map(|(k, _)| k.0).collect(),
             seq,
             expires,
         ) {
@@ -614,6 +801,8 @@ impl<'a> Node<'a> {
                 moved = true;
                 if kind == KIND_DHT {
                     self.dht.handle_message(src, &msg, now, &mut *self.rng);
+                } else if kind == KIND_NAT {
+                    self.on_nat_message(src, &msg, now, out);
                 } else {
                     debug!(%src, kind, "control message of a kind not handled yet");
                 }
@@ -660,6 +849,17 @@ impl<'a> Node<'a> {
                     let soon = now.mono + PROBE_INTERVAL.min(Duration::from_secs(1));
                     self.republish_at = Some(self.republish_at.map_or(soon, |t| t.min(soon)));
                 }
+            }
+            DhtEvent::Introduction {
+                home,
+                from,
+                token,
+                candidates,
+            } => self.on_introduction(home, from, token, &candidates, now, out),
+            DhtEvent::IntroduceResult {
+                target, forwarded, ..
+            } => {
+                debug!(target = %hex(&target.0[..8]), forwarded, "introduction answered");
             }
             DhtEvent::PingResult { node, ok, .. } => {
                 let Some(id) = self.driver.peers().by_node(&node.0) else {
@@ -760,6 +960,7 @@ impl<'a> Node<'a> {
         {
             Ok((id, msgs)) => {
                 out.extend(msgs);
+                self.traverse(rec, now, out);
                 Ok(self
                     .driver
                     .peers()

@@ -34,6 +34,10 @@ pub const MAX_RECORD_BYTES: usize = super::record::MAX_RECORD_LEN;
 /// Encoded length of one contact: node id, X25519 key, address (family, IPv6, port) at most.
 pub const CONTACT_MAX_LEN: usize = 32 + 32 + 1 + 16 + 2;
 
+/// Most candidate addresses in an INTRODUCE or INTRODUCTION.
+pub const MAX_CANDIDATES: usize = 9;
+/// Length of a punch token.
+pub const TOKEN_LEN: usize = 16;
 /// The sender accepts to be in routing tables (a reachable, non-NATed server).
 pub const FLAG_SERVER: u8 = 0x01;
 /// The sender's full certificate follows the header.
@@ -66,6 +70,14 @@ pub enum Kind {
     Store = 9,
     /// Reply to STORE.
     Stored = 10,
+    /// Asks a home node to introduce the sender to a node bound there (NAT traversal).
+    Introduce = 11,
+    /// Reply to INTRODUCE: whether it was passed on.
+    Introduced = 12,
+    /// A home node passes an introduction on to a node bound to it.
+    Introduction = 13,
+    /// Reply to INTRODUCTION.
+    IntroductionAck = 14,
 }
 
 impl Kind {
@@ -81,6 +93,10 @@ impl Kind {
             8 => Self::Value,
             9 => Self::Store,
             10 => Self::Stored,
+            11 => Self::Introduce,
+            12 => Self::Introduced,
+            13 => Self::Introduction,
+            14 => Self::IntroductionAck,
             _ => return None,
         })
     }
@@ -175,6 +191,37 @@ pub enum Body {
         /// Outcome.
         result: StoreResult,
     },
+    /// INTRODUCE: "tell `target` that I want to reach it, with this token, at these
+    /// addresses".
+    Introduce {
+        /// Node id of the node bound to the receiver.
+        target: Key,
+        /// The requester's punch token (secret between the two ends and the home).
+        token: [u8; TOKEN_LEN],
+        /// The requester's own candidates (at most [`MAX_CANDIDATES`]).
+        candidates: Vec<SocketAddr>,
+    },
+    /// INTRODUCED.
+    Introduced {
+        /// Observed address of the requester.
+        observed: SocketAddr,
+        /// The target was bound here and the introduction went out.
+        forwarded: bool,
+    },
+    /// INTRODUCTION: "`from` wants to reach you".
+    Introduction {
+        /// Node id of the node that asked (authenticated by the home).
+        from: Key,
+        /// Its punch token.
+        token: [u8; TOKEN_LEN],
+        /// Its candidates: first the address the home saw it at, then its own list.
+        candidates: Vec<SocketAddr>,
+    },
+    /// INTRODUCTION_ACK.
+    IntroductionAck {
+        /// Observed address of the requester (the home).
+        observed: SocketAddr,
+    },
 }
 
 impl Body {
@@ -192,6 +239,10 @@ impl Body {
             Self::Value { .. } => Kind::Value,
             Self::Store { .. } => Kind::Store,
             Self::Stored { .. } => Kind::Stored,
+            Self::Introduce { .. } => Kind::Introduce,
+            Self::Introduced { .. } => Kind::Introduced,
+            Self::Introduction { .. } => Kind::Introduction,
+            Self::IntroductionAck { .. } => Kind::IntroductionAck,
         }
     }
 }
@@ -281,6 +332,22 @@ fn get_contacts(r: &mut Reader<'_>) -> Result<Vec<WireContact>, WireError> {
     Ok(out)
 }
 
+fn put_candidates(v: &mut Vec<u8>, c: &[SocketAddr]) {
+    let n = c.len().min(MAX_CANDIDATES);
+    v.push(n as u8);
+    for a in c.iter().take(n) {
+        put_addr(v, a);
+    }
+}
+
+fn get_candidates(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, WireError> {
+    let n = usize::from(r.u8().ok_or(WireError::Malformed("candidates"))?);
+    if n > MAX_CANDIDATES {
+        return Err(WireError::Malformed("candidates"));
+    }
+    (0..n).map(|_| get_addr(r)).collect()
+}
+
 fn put_blob(v: &mut Vec<u8>, b: &[u8]) {
     // Callers bound blobs below 64 KiB (certs, records); a longer one would not parse back
     // and is truncated to an invalid length rather than wrapping silently.
@@ -342,6 +409,28 @@ pub fn encode(m: &Message) -> Vec<u8> {
             put_addr(&mut v, observed);
             v.push(*result as u8);
         }
+        Body::Introduce {
+            target: k,
+            token,
+            candidates,
+        }
+        | Body::Introduction {
+            from: k,
+            token,
+            candidates,
+        } => {
+            v.extend_from_slice(&k.0);
+            v.extend_from_slice(token);
+            put_candidates(&mut v, candidates);
+        }
+        Body::Introduced {
+            observed,
+            forwarded,
+        } => {
+            put_addr(&mut v, observed);
+            v.push(u8::from(*forwarded));
+        }
+        Body::IntroductionAck { observed } => put_addr(&mut v, observed),
     }
     v
 }
@@ -445,6 +534,39 @@ pub fn parse(b: &[u8]) -> Result<Parsed<'_>, WireError> {
             };
             Body::Stored { observed, result }
         }
+        Kind::Introduce | Kind::Introduction => {
+            let k = Key(r.array().ok_or(WireError::Malformed("node id"))?);
+            let token = r.array().ok_or(WireError::Malformed("token"))?;
+            let candidates = get_candidates(&mut r)?;
+            if kind == Kind::Introduce {
+                Body::Introduce {
+                    target: k,
+                    token,
+                    candidates,
+                }
+            } else {
+                Body::Introduction {
+                    from: k,
+                    token,
+                    candidates,
+                }
+            }
+        }
+        Kind::Introduced => {
+            let observed = get_addr(&mut r)?;
+            let forwarded = match r.u8() {
+                Some(0) => false,
+                Some(1) => true,
+                _ => return Err(WireError::Malformed("forwarded flag")),
+            };
+            Body::Introduced {
+                observed,
+                forwarded,
+            }
+        }
+        Kind::IntroductionAck => Body::IntroductionAck {
+            observed: get_addr(&mut r)?,
+        },
     };
     if !r.is_empty() {
         return Err(WireError::Malformed("trailing bytes"));
@@ -510,6 +632,28 @@ mod tests {
             Body::Stored {
                 observed: sa("203.0.113.5:7"),
                 result: StoreResult::Stale,
+            },
+            Body::Introduce {
+                target: Key([2; 32]),
+                token: [9; TOKEN_LEN],
+                candidates: vec![sa("192.0.2.2:51820"), sa("[2001:db8::3]:4")],
+            },
+            Body::Introduced {
+                observed: sa("203.0.113.5:7"),
+                forwarded: true,
+            },
+            Body::Introduction {
+                from: Key([5; 32]),
+                token: [1; TOKEN_LEN],
+                candidates: vec![sa("203.0.113.9:1"); MAX_CANDIDATES],
+            },
+            Body::Introduction {
+                from: Key([5; 32]),
+                token: [1; TOKEN_LEN],
+                candidates: vec![],
+            },
+            Body::IntroductionAck {
+                observed: sa("203.0.113.5:7"),
             },
         ];
         bodies
@@ -592,7 +736,7 @@ mod tests {
         b[4] = 2;
         assert_eq!(parse(&b).unwrap_err(), WireError::BadVersion);
         let mut b = good.clone();
-        b[5] = 11;
+        b[5] = 15;
         assert_eq!(parse(&b).unwrap_err(), WireError::Unknown);
         let mut b = good.clone();
         b[6] |= 0x80;
@@ -603,6 +747,20 @@ mod tests {
         assert_eq!(b[count_at], 20);
         b[count_at] = (MAX_CONTACTS + 1) as u8;
         assert!(parse(&b).is_err());
+        // A candidate count over the bound.
+        let intro = Message {
+            body: Body::Introduce {
+                target: Key([1; 32]),
+                token: [2; TOKEN_LEN],
+                candidates: vec![],
+            },
+            ..m.clone()
+        };
+        let mut b = with_tag(encode(&intro));
+        let count_at = b.len() - TAG_LEN - 1;
+        assert_eq!(b[count_at], 0);
+        b[count_at] = (MAX_CANDIDATES + 1) as u8;
+        assert_eq!(parse(&b).unwrap_err(), WireError::Malformed("candidates"));
         // A cert length of zero or over the bound.
         let mut m2 = m.clone();
         m2.cert = Some(vec![1; MAX_CERT_LEN + 1]);

@@ -10,6 +10,7 @@ pub mod record;
 pub mod store;
 
 pub mod auth;
+pub mod bindings;
 pub mod lookup;
 pub mod messages;
 pub mod node;

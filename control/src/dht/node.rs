@@ -25,11 +25,13 @@ use std::time::Duration;
 use rand_core::RngCore;
 
 use super::auth::{Auth, Sender, DEFAULT_PAIR_CAP};
+use super::bindings::Bindings;
 use super::certs::CertCache;
 use super::key::Key;
 use super::lookup::{Candidate, Lookup, LookupKind};
 use super::messages::{
     encode, parse, Body, Kind, Message, StoreResult, WireContact, FLAG_NEED_CERT, FLAG_SERVER,
+    MAX_CANDIDATES, TOKEN_LEN,
 };
 use super::record::NodeRecord;
 use super::routing::{Contact, Observed, RoutingTable};
@@ -131,6 +133,26 @@ pub enum DhtEvent {
         /// The reporter's address (the one our request went to).
         from: SocketAddr,
     },
+    /// A home we are bound to passes on that `from` wants to reach us (NAT traversal).
+    Introduction {
+        /// The home that passed it on (authenticated).
+        home: Key,
+        /// Who wants to reach us (as the home authenticated it).
+        from: Key,
+        /// Its punch token.
+        token: [u8; TOKEN_LEN],
+        /// Its candidate addresses, the one the home saw first.
+        candidates: Vec<SocketAddr>,
+    },
+    /// The answer to [`Dht::introduce`].
+    IntroduceResult {
+        /// The node we asked to be introduced to.
+        target: Key,
+        /// The home we asked.
+        home: Key,
+        /// The home passed it on (false: the target is not bound there, or no answer).
+        forwarded: bool,
+    },
     /// The answer to [`Dht::ping`].
     PingResult {
         /// The node pinged.
@@ -186,12 +208,18 @@ pub struct DhtStats {
     pub bad_records: u64,
     /// Lookups finished.
     pub lookups: u64,
+    /// INTRODUCEs passed on to a node bound here.
+    pub introductions_forwarded: u64,
+    /// INTRODUCEs refused: target not bound here, or the requester's budget spent.
+    pub introductions_refused: u64,
+    /// INTRODUCTIONs received from homes.
+    pub introductions_received: u64,
     /// Messages sent, by type (index: type number - 1, see [`Kind`]).
     pub sent_by_kind: [u64; KIND_COUNT],
 }
 
 /// Number of message types.
-pub const KIND_COUNT: usize = 10;
+pub const KIND_COUNT: usize = 14;
 
 impl DhtStats {
     /// `(name, value)` pairs for status output.
@@ -210,6 +238,9 @@ impl DhtStats {
             ("store_unchanged", self.store_unchanged),
             ("bad_records", self.bad_records),
             ("lookups", self.lookups),
+            ("introductions_forwarded", self.introductions_forwarded),
+            ("introductions_refused", self.introductions_refused),
+            ("introductions_received", self.introductions_received),
         ]
     }
 
@@ -235,6 +266,10 @@ const KIND_NAMES: [&str; KIND_COUNT] = [
     "value",
     "store",
     "stored",
+    "introduce",
+    "introduced",
+    "introduction",
+    "introduction_ack",
 ];
 
 impl DhtStats {
@@ -272,6 +307,10 @@ enum Purpose {
     Hello,
     /// A STORE of one of our records.
     Store,
+    /// Our INTRODUCE to a home, for the target.
+    Introduce(Key),
+    /// An INTRODUCTION we pass on as a home.
+    Forward,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -324,6 +363,8 @@ pub struct Dht<'a> {
     recent: VecDeque<LookupSummary>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<DhtEvent>,
+    /// Nodes bound to us as their home (NAT traversal).
+    bindings: Bindings,
     stats: DhtStats,
 }
 
@@ -374,6 +415,7 @@ impl<'a> Dht<'a> {
             recent: VecDeque::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            bindings: Bindings::default(),
             stats: DhtStats::default(),
             config,
         }
@@ -570,6 +612,50 @@ impl<'a> Dht<'a> {
         } else {
             self.send_hello_to(Some(node), addr, Purpose::UserPing, now, rng);
         }
+    }
+
+    /// Asks `home` (at `addr`) to introduce us to `target`, which is bound there, with our
+    /// punch `token` and `candidates`; a [`DhtEvent::IntroduceResult`] follows. False when
+    /// it could not be sent (no key for the home yet: it must have answered us before).
+    #[allow(clippy::too_many_arguments)]
+    pub fn introduce(
+        &mut self,
+        home: Key,
+        addr: SocketAddr,
+        target: Key,
+        token: [u8; TOKEN_LEN],
+        mut candidates: Vec<SocketAddr>,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> bool {
+        let claimed = if self.auth.known_x25519(&home).is_some() {
+            None
+        } else {
+            match self.table.get(&home) {
+                Some(c) => Some(c.x25519),
+                None => return false,
+            }
+        };
+        candidates.truncate(MAX_CANDIDATES);
+        self.send_request(
+            home,
+            addr,
+            claimed,
+            Body::Introduce {
+                target,
+                token,
+                candidates,
+            },
+            Purpose::Introduce(target),
+            now,
+            rng,
+        )
+    }
+
+    /// Nodes bound to us as their home now.
+    #[must_use]
+    pub fn bound_nodes(&self, now: Duration) -> usize {
+        self.bindings.len(now)
     }
 
     /// One reassembled DHT message from `src`.
@@ -968,6 +1054,11 @@ impl<'a> Dht<'a> {
         rng: &mut dyn RngCore,
     ) {
         let is_ping = matches!(m.body, Body::Ping | Body::Hello);
+        if s.proven {
+            // Any authenticated request keeps the sender's binding (and its NAT's mapping
+            // towards us) fresh; HELLO does not count, its key is not proven yet.
+            self.bindings.touch(s.id, src, now.mono);
+        }
         let body = match m.body {
             Body::Hello => Body::HelloAck { observed: src },
             Body::Ping => Body::Pong { observed: src },
@@ -990,6 +1081,28 @@ impl<'a> Dht<'a> {
                     observed: src,
                     result,
                 }
+            }
+            Body::Introduce {
+                target,
+                token,
+                candidates,
+            } => Body::Introduced {
+                observed: src,
+                forwarded: self.forward_introduction(&s, src, target, token, candidates, now, rng),
+            },
+            Body::Introduction {
+                from,
+                token,
+                candidates,
+            } if s.proven => {
+                self.stats.introductions_received += 1;
+                self.events.push_back(DhtEvent::Introduction {
+                    home: s.id,
+                    from,
+                    token,
+                    candidates,
+                });
+                Body::IntroductionAck { observed: src }
             }
             _ => return,
         };
@@ -1032,6 +1145,55 @@ impl<'a> Dht<'a> {
                 }
             }
         }
+    }
+
+    /// A home's side of INTRODUCE: pass it on to `target` if it is bound here, the requester
+    /// proved its key and has budget left. The target learns the requester's node id as we
+    /// authenticated it and, first among the candidates, the address we saw it at.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_introduction(
+        &mut self,
+        s: &Sender,
+        src: SocketAddr,
+        target: Key,
+        token: [u8; TOKEN_LEN],
+        candidates: Vec<SocketAddr>,
+        now: Now,
+        rng: &mut dyn RngCore,
+    ) -> bool {
+        let bound = self.bindings.get(&target, now.mono);
+        let ok = s.proven
+            && target != s.id
+            && target != self.own
+            && self.auth.known_x25519(&target).is_some()
+            && bound.is_some()
+            && self.bindings.charge(s.id, now.mono);
+        let Some(addr) = bound.filter(|_| ok) else {
+            self.stats.introductions_refused += 1;
+            return false;
+        };
+        let mut list = vec![src];
+        list.extend(candidates.into_iter().filter(|a| *a != src));
+        list.truncate(MAX_CANDIDATES);
+        let sent = self.send_request(
+            target,
+            addr,
+            None,
+            Body::Introduction {
+                from: s.id,
+                token,
+                candidates: list,
+            },
+            Purpose::Forward,
+            now,
+            rng,
+        );
+        if sent {
+            self.stats.introductions_forwarded += 1;
+        } else {
+            self.stats.introductions_refused += 1;
+        }
+        sent
     }
 
     fn on_store(&mut self, s: &Sender, key: Key, bytes: &[u8], now: Now) -> StoreResult {
@@ -1119,6 +1281,8 @@ impl<'a> Dht<'a> {
                 | (Purpose::BucketCheck | Purpose::Confirm, Body::Pong { .. })
                 | (Purpose::Lookup(..), Body::Nodes { .. } | Body::Value { .. })
                 | (Purpose::Store, Body::Stored { .. })
+                | (Purpose::Introduce(_), Body::Introduced { .. })
+                | (Purpose::Forward, Body::IntroductionAck { .. })
         );
         if req.addr != src || req.to.is_some_and(|t| t != s.id) || !s.proven || !kind_ok {
             self.stats.unexpected += 1;
@@ -1132,7 +1296,9 @@ impl<'a> Dht<'a> {
             | Body::Pong { observed }
             | Body::Nodes { observed, .. }
             | Body::Value { observed, .. }
-            | Body::Stored { observed, .. } => Some(*observed),
+            | Body::Stored { observed, .. }
+            | Body::Introduced { observed, .. }
+            | Body::IntroductionAck { observed } => Some(*observed),
             _ => None,
         };
         if let Some(addr) = observed {
@@ -1170,6 +1336,13 @@ impl<'a> Dht<'a> {
             }
             (Purpose::Lookup(id, path), Body::Value { record, nodes, .. }) => {
                 self.lookup_reply(id, path, &s.id, &nodes, record, now, rng);
+            }
+            (Purpose::Introduce(target), Body::Introduced { forwarded, .. }) => {
+                self.events.push_back(DhtEvent::IntroduceResult {
+                    target,
+                    home: s.id,
+                    forwarded,
+                });
             }
             _ => {}
         }
@@ -1273,7 +1446,16 @@ impl<'a> Dht<'a> {
                     }
                 }
             }
-            Purpose::Confirm | Purpose::Store => {}
+            Purpose::Introduce(target) => {
+                if let Some(home) = r.to {
+                    self.events.push_back(DhtEvent::IntroduceResult {
+                        target,
+                        home,
+                        forwarded: false,
+                    });
+                }
+            }
+            Purpose::Confirm | Purpose::Store | Purpose::Forward => {}
         }
     }
 }

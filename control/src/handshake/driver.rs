@@ -890,6 +890,38 @@ impl<'a> Driver<'a> {
         Ok((id, out))
     }
 
+    /// A punch probe of `peer` arrived from `addr` (NAT traversal): that is where its NAT
+    /// lets us reach it, so it becomes the peer's endpoint, and a handshake starts at once
+    /// unless a session is live (a live session just moves to the new path) or an initiation
+    /// to that address is in flight.
+    #[must_use]
+    pub fn punched(&mut self, peer: u32, addr: SocketAddr, now: impl Into<Now>) -> Vec<DownMsg> {
+        let now = now.into();
+        let mut out = Vec::new();
+        let reject_after = self.settings.reject_after;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return out;
+        };
+        if !p.enabled {
+            return out;
+        }
+        let moved = p.endpoint != Some(addr);
+        if moved {
+            info!(peer = %p.name, %addr, "punched through: new endpoint");
+            p.endpoint = Some(addr);
+            out.push(DownMsg::SetEndpoint { peer, addr });
+        }
+        // An initiation in flight to this very address is left alone (it got through, or
+        // its retries will): a second one would only be refused as a duplicate.
+        let waiting = p.in_flight.is_some() && !moved;
+        if p.live_session(now.mono, reject_after).is_none() && !waiting {
+            p.next_attempt = now.mono;
+            p.failures = 0;
+            self.initiate(peer, now, false, &mut out);
+        }
+        out
+    }
+
     /// Liveness as probed by the node (shown in status); a peer that comes back after being
     /// unreachable is handshaken anew at once (it may have restarted and lost its sessions).
     #[must_use]

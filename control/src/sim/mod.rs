@@ -18,6 +18,7 @@
 pub mod ids;
 pub mod kad;
 pub mod mesh;
+pub mod nat;
 pub mod net;
 pub mod prod;
 pub mod scenario;
