@@ -331,6 +331,13 @@ pub struct PeerInfo {
     /// `docs/operating.md`: shown within 17 s of the peer going away).
     #[serde(default)]
     pub reachable: Option<bool>,
+    /// How traffic reaches it: `direct` (its endpoint as configured or discovered) or
+    /// `punched` (direct, through a hole punched after a home's introduction).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Round-trip time of the latest liveness probe, milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
     /// Bytes received (dataplane counters).
     pub rx_bytes: u64,
     /// Bytes sent.
@@ -374,6 +381,23 @@ pub struct NatInfo {
     pub ipv6: Option<crate::nat::FamilyView>,
     /// Every reporter's latest view of us.
     pub reports: Vec<NatReportRow>,
+    /// Our homes (they introduce others to us), with their keepalive round-trip time.
+    #[serde(default)]
+    pub homes: Vec<HomeRow>,
+    /// Hole-punching counters.
+    #[serde(default)]
+    pub punch: std::collections::BTreeMap<String, u64>,
+}
+
+/// One home of ours.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HomeRow {
+    /// Its node id, hex (first 8 bytes).
+    pub node_id: String,
+    /// Its address.
+    pub addr: String,
+    /// Round-trip time of its latest keepalive answer, milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// One reporter's latest view of us.

@@ -170,6 +170,7 @@ struct Liveness {
     misses: u32,
     next_probe: Duration,
     outstanding: bool,
+    rtt: Option<Duration>,
 }
 
 /// The control plane of one node, sans-IO.
@@ -201,6 +202,10 @@ pub struct Node<'a> {
     punches: Punches,
     /// Introductions from nodes that are not our homes (dropped).
     stray_introductions: u64,
+    /// Round-trip time of each home's latest keepalive answer.
+    home_rtt: BTreeMap<Key, Duration>,
+    /// Where each node's first valid punch probe came from (the hole we use), bounded.
+    punched: BTreeMap<[u8; 32], SocketAddr>,
 }
 
 impl std::fmt::Debug for Node<'_> {
@@ -269,6 +274,8 @@ impl<'a> Node<'a> {
             next_home_check: Duration::ZERO,
             punches: Punches::default(),
             stray_introductions: 0,
+            home_rtt: BTreeMap::new(),
+            punched: BTreeMap::new(),
         })
     }
 
@@ -330,6 +337,24 @@ impl<'a> Node<'a> {
     #[must_use]
     pub fn homes(&self) -> &[(Key, SocketAddr)] {
         &self.homes
+    }
+
+    /// The latest keepalive round-trip time to a home.
+    #[must_use]
+    pub fn home_rtt(&self, home: &Key) -> Option<Duration> {
+        self.home_rtt.get(home).copied()
+    }
+
+    /// The latest liveness round-trip time to peer `id` (over the DHT, on its endpoint).
+    #[must_use]
+    pub fn peer_rtt(&self, id: u32) -> Option<Duration> {
+        self.liveness.get(&id).and_then(|l| l.rtt)
+    }
+
+    /// Where the hole punched with `node_id` opened (its probe's source), if one was.
+    #[must_use]
+    pub fn punched_from(&self, node_id: &[u8; 32]) -> Option<SocketAddr> {
+        self.punched.get(node_id).copied()
     }
 
     /// Hole-punching counters, and introductions refused because they did not come from a
@@ -468,6 +493,9 @@ impl<'a> Node<'a> {
         if homes != self.homes {
             info!(homes = ?homes.iter().map(|h| h.1).collect::<Vec<_>>(), "homes changed");
             self.homes = homes;
+            let homes = &self.homes;
+            self.home_rtt
+                .retain(|k, _| homes.iter().any(|(h, _)| h == k));
             self.next_home_ping = (!self.homes.is_empty()).then_some(now.mono);
             if self.record_seq > 0 {
                 let soon = now.mono + Duration::from_secs(1);
@@ -565,6 +593,11 @@ impl<'a> Node<'a> {
         let Some(p) = self.punches.on_probe(src, msg, now.mono) else {
             return;
         };
+        if p.first
+            && (self.punched.len() < MAX_DESTINATIONS || self.punched.contains_key(&p.peer_node))
+        {
+            self.punched.insert(p.peer_node, src);
+        }
         if let Some(reply) = p.reply {
             out.extend(
                 self.driver
@@ -861,7 +894,10 @@ impl<'a> Node<'a> {
             } => {
                 debug!(target = %hex(&target.0[..8]), forwarded, "introduction answered");
             }
-            DhtEvent::PingResult { node, ok, .. } => {
+            DhtEvent::PingResult { node, ok, rtt, .. } => {
+                if let (true, Some(rtt)) = (self.homes.iter().any(|(h, _)| *h == node), rtt) {
+                    self.home_rtt.insert(node, rtt);
+                }
                 let Some(id) = self.driver.peers().by_node(&node.0) else {
                     return;
                 };
@@ -871,6 +907,7 @@ impl<'a> Node<'a> {
                 l.outstanding = false;
                 if ok {
                     l.misses = 0;
+                    l.rtt = rtt;
                     out.extend(self.driver.set_reachable(id, true, now));
                 } else {
                     l.misses = l.misses.saturating_add(1);

@@ -115,15 +115,17 @@ pub fn render_status(s: &StatusReply) -> String {
         return out;
     }
     out.push_str(&format!(
-        "\n{:<16} {:<18} {:<24} {:<22} {:<10} {:>11} {:>11}\n",
-        "PEER", "ADDRESS", "ENDPOINT", "SESSION", "HANDSHAKE", "RX", "TX"
+        "\n{:<16} {:<18} {:<24} {:<8} {:>8} {:<22} {:<10} {:>11} {:>11}\n",
+        "PEER", "ADDRESS", "ENDPOINT", "PATH", "RTT", "SESSION", "HANDSHAKE", "RX", "TX"
     ));
     for p in &s.peers {
         out.push_str(&format!(
-            "{:<16} {:<18} {:<24} {:<22} {:<10} {:>11} {:>11}\n",
+            "{:<16} {:<18} {:<24} {:<8} {:>8} {:<22} {:<10} {:>11} {:>11}\n",
             p.name,
             p.allowed_ips.first().map_or("-", String::as_str),
             p.endpoint.as_deref().unwrap_or("-"),
+            p.path.as_deref().unwrap_or("-"),
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
             state(p),
             ago(p.last_handshake_secs),
             bytes(p.rx_bytes),
@@ -143,6 +145,13 @@ pub fn render_peers(peers: &[PeerInfo]) -> String {
             "  endpoint: {}\n",
             p.endpoint.as_deref().unwrap_or("(none)")
         ));
+        if let Some(path) = &p.path {
+            out.push_str(&format!(
+                "  path: {path}{}\n",
+                p.rtt_ms
+                    .map_or(String::new(), |r| format!(", rtt {r:.1} ms"))
+            ));
+        }
         out.push_str(&format!("  allowed ips: {}\n", p.allowed_ips.join(", ")));
         out.push_str(&format!(
             "  latest handshake: {}{}\n",
@@ -345,6 +354,28 @@ pub fn render_netcheck(n: &NatInfo) -> String {
             None => out.push_str(&format!("{f}: no reports\n")),
         }
     }
+    if n.homes.is_empty() {
+        out.push_str("homes: none (no bootstrap node answered yet, or this node is one)\n");
+    }
+    for h in &n.homes {
+        out.push_str(&format!(
+            "home: {} ({}), rtt {}\n",
+            h.addr,
+            h.node_id,
+            h.rtt_ms
+                .map_or("not measured yet".into(), |r| format!("{r:.1} ms"))
+        ));
+    }
+    let counter = |k: &str| n.punch.get(k).copied().unwrap_or(0);
+    out.push_str(&format!(
+        "hole punching: {} started, {} succeeded, {} probes sent, {} received, {} dropped\n",
+        counter("started"),
+        counter("succeeded"),
+        counter("probes_sent"),
+        counter("probes_received"),
+        counter("probes_dropped"),
+    ));
+    out.push_str("port mapping: not supported yet (NAT-PMP/PCP/UPnP are not built)\n");
     if n.reports.is_empty() {
         out.push_str("\nno reports yet: the node has not heard back from a DHT node\n");
         return out;
@@ -427,8 +458,19 @@ mod tests {
                 observed: "198.51.100.9:4500".into(),
                 age_secs: 4,
             }],
+            homes: vec![shadowmesh_control::api::HomeRow {
+                node_id: "99887766aabbccdd".into(),
+                addr: "198.51.100.1:51820".into(),
+                rtt_ms: Some(1.25),
+            }],
+            punch: [("started".to_string(), 2), ("succeeded".to_string(), 1)].into(),
         };
         let t = render_netcheck(&n);
+        assert!(
+            t.contains("home: 198.51.100.1:51820 (99887766aabbccdd), rtt 1.2 ms"),
+            "{t}"
+        );
+        assert!(t.contains("hole punching: 2 started, 1 succeeded"), "{t}");
         assert!(
             t.contains(
                 "IPv4: endpoint-independent, public 198.51.100.9:4500 (port kept), 3 reporters, 2 addresses seen"

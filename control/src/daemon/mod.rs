@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{
-    self, ApiCall, ContactRow, DataplaneInfo, DhtInfo, HandshakeInfo, LookupRow, NatInfo,
+    self, ApiCall, ContactRow, DataplaneInfo, DhtInfo, HandshakeInfo, HomeRow, LookupRow, NatInfo,
     NatReportRow, NodeInfo, PeerInfo, RecordRow, StatusReply,
 };
 use crate::cert::{CaPublic, CertError, NodeCert};
@@ -303,6 +303,15 @@ fn snapshot(n: &Node<'_>, name: &str, connected: bool, socket: &str, now: Now) -
                     handshaking: p.in_flight.is_some(),
                     failures: p.failures,
                     reachable: p.reachable,
+                    path: p.endpoint.map(|e| {
+                        if n.punched_from(&p.node_id) == Some(e) {
+                            "punched"
+                        } else {
+                            "direct"
+                        }
+                        .to_string()
+                    }),
+                    rtt_ms: n.peer_rtt(p.id).map(millis),
                     ..PeerInfo::default()
                 }
             })
@@ -328,7 +337,35 @@ fn nat_info(n: &Node<'_>, now: Duration) -> NatInfo {
                 age_secs: now.saturating_sub(r.at).as_secs(),
             })
             .collect(),
+        homes: n
+            .homes()
+            .iter()
+            .map(|(k, a)| HomeRow {
+                node_id: hex(&k.0[..8]),
+                addr: a.to_string(),
+                rtt_ms: n.home_rtt(k).map(millis),
+            })
+            .collect(),
+        punch: {
+            let (p, stray) = n.punch_stats();
+            [
+                ("started", p.started),
+                ("probes_sent", p.probes_sent),
+                ("probes_received", p.probes_received),
+                ("succeeded", p.succeeded),
+                ("probes_dropped", p.probes_dropped),
+                ("refused", p.refused),
+                ("stray_introductions", stray),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        },
     }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Waits for SIGTERM/SIGINT/SIGHUP, which the binary blocked before starting any thread (so
