@@ -267,3 +267,32 @@ fn two_symmetric_nats_cannot_punch_and_say_so() {
     assert!(drops > 0);
     assert_eq!(punched, 0);
 }
+
+#[test]
+fn every_pair_of_nat_kinds_ends_as_the_model_predicts() {
+    use NatKind::*;
+    // Direct unless both sides are symmetric, or one is symmetric and the other filters by
+    // port (it would have to guess the port the symmetric NAT picked for it).
+    let expect = |a: NatKind, b: NatKind| match (a, b) {
+        (Symmetric, Symmetric) => false,
+        (Symmetric, o) | (o, Symmetric) => matches!(o, FullCone | AddressRestricted),
+        _ => true,
+    };
+    let mut table = String::new();
+    let mut wrong = Vec::new();
+    for (i, a) in NatKind::ALL.into_iter().enumerate() {
+        for (j, b) in NatKind::ALL.into_iter().enumerate() {
+            let (endpoint, _, _) = connect_through(a, b, 10 + (i * 4 + j) as u64);
+            let direct = endpoint.is_some_and(|e| e.ip() == external(2));
+            table.push_str(&format!(
+                "{a:?} -> {b:?}: {}\n",
+                if direct { "direct" } else { "no direct path" }
+            ));
+            if direct != expect(a, b) {
+                wrong.push(format!("{a:?} -> {b:?}"));
+            }
+        }
+    }
+    eprintln!("{table}");
+    assert!(wrong.is_empty(), "unexpected: {wrong:?}\n{table}");
+}
