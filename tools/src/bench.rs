@@ -1,7 +1,8 @@
 //! `shadowmesh bench …`: the measuring tools the tests and rigs use, so nothing depends on
 //! hand-rolled shell: a checked bulk TCP transfer (SHA-256 at both ends), a UDP latency echo
 //! with an HDR histogram, a sender of hostile datagrams (garbage, forged, replayed), and an
-//! impairment forwarder (loss, reordering, duplication, jitter: [`crate::impair`]).
+//! impairment forwarder (loss, reordering, duplication, jitter: [`crate::impair`]), and a
+//! NAT probe with its reflector ([`crate::natprobe`]).
 //!
 //! Every loop here is bounded by a count and a deadline.
 
@@ -96,6 +97,13 @@ pub enum BenchCmd {
     /// A UDP forwarder between two nodes that loses, reorders, duplicates and delays
     /// datagrams (seeded, reproducible): the hostile network of the tests, without netem.
     Impair(crate::impair::ImpairArgs),
+    /// Answers each UDP datagram with the sender's address as text (`seen IP:PORT`), from
+    /// the same socket and optionally also from a second one: the server side of `nat-probe`.
+    UdpReflect(crate::natprobe::ReflectArgs),
+    /// Asks reflectors from one socket which address they see; prints each, the NAT's
+    /// mapping (`mapping: endpoint-independent|endpoint-dependent`) and, when a reflector
+    /// answered from another port too, its filtering.
+    NatProbe(crate::natprobe::ProbeArgs),
 }
 
 /// Parses sizes like 200M, 1G, 4096.
@@ -166,6 +174,8 @@ pub fn run(cmd: BenchCmd, clock: fn() -> Duration) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCmd::Impair(args) => crate::impair::run(&args, clock),
+        BenchCmd::UdpReflect(args) => crate::natprobe::reflect(&args, clock),
+        BenchCmd::NatProbe(args) => crate::natprobe::probe(&args, clock).map(|_| ()),
     }
 }
 

@@ -6,6 +6,8 @@ pub mod bench;
 pub mod demo;
 pub mod impair;
 pub mod keys;
+pub mod natlab;
+pub mod natprobe;
 pub mod netns;
 pub mod selfcheck;
 pub mod static_cfg;

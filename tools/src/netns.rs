@@ -52,6 +52,15 @@ pub fn run(args: &[&str]) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// Creates namespace `name` with its loopback up, noted in `made` as soon as it exists so
+/// that drop removes it even when a later step fails.
+fn add_ns(made: &mut Vec<String>, name: &str) -> anyhow::Result<()> {
+    run(&["ip", "netns", "add", name])?;
+    made.push(name.to_string());
+    run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
 /// A set of namespaces, torn down on drop (processes killed, namespaces deleted).
 pub struct Topology {
     /// Namespace names: the hub first, then the nodes.
@@ -60,6 +69,9 @@ pub struct Topology {
     pub dir: PathBuf,
     /// Where the ShadowMesh binaries are.
     pub bin_dir: PathBuf,
+    /// Namespaces that are not nodes (e.g. the NAT routers of [`crate::natlab`]): removed on
+    /// drop like the nodes, but outside the node numbering.
+    infra: Vec<String>,
     children: Vec<Option<Child>>,
 }
 
@@ -71,24 +83,13 @@ impl Topology {
         }
         let pid = std::process::id() % 100_000;
         let base = format!("sm{tag}{pid}");
-        let dir = std::env::temp_dir().join(format!("{base}-dir"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut topo = Topology {
-            ns: Vec::new(),
-            dir,
-            bin_dir: bin_dir.to_path_buf(),
-            children: Vec::new(),
-        };
-        let hub = format!("{base}h");
-        run(&["ip", "netns", "add", &hub])?;
-        topo.ns.push(hub.clone());
+        let mut topo = Topology::bare(&base, bin_dir)?;
+        let hub = topo.ns[0].clone();
         run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
         for i in 0..n {
             let ns = format!("{base}n{i}");
-            run(&["ip", "netns", "add", &ns])?;
-            topo.ns.push(ns.clone());
+            topo.add_node_ns(&ns)?;
             let (a, b) = (format!("u{i}"), format!("p{i}"));
             run(&[
                 "ip", "-n", &ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns",
@@ -99,9 +100,39 @@ impl Topology {
             let addr = format!("198.51.100.{}/24", i + 1);
             run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &a])?;
             run(&["ip", "-n", &ns, "link", "set", &a, "up"])?;
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         }
         Ok(topo)
+    }
+
+    /// An empty topology: the scratch directory and the hub namespace `<base>h` (no bridge,
+    /// no nodes), for builders that lay out their own network ([`crate::natlab`]). Nodes
+    /// added with [`Topology::add_node_ns`] are numbered as in [`Topology::star`], so every
+    /// per-node helper works on them.
+    pub fn bare(base: &str, bin_dir: &Path) -> anyhow::Result<Topology> {
+        let dir = std::env::temp_dir().join(format!("{base}-dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut topo = Topology {
+            ns: Vec::new(),
+            dir,
+            bin_dir: bin_dir.to_path_buf(),
+            infra: Vec::new(),
+            children: Vec::new(),
+        };
+        add_ns(&mut topo.ns, &format!("{base}h"))?;
+        Ok(topo)
+    }
+
+    /// Creates namespace `name` (loopback up) as the next node; returns its node number.
+    pub fn add_node_ns(&mut self, name: &str) -> anyhow::Result<usize> {
+        add_ns(&mut self.ns, name)?;
+        Ok(self.ns.len() - 2)
+    }
+
+    /// Creates namespace `name` (loopback up) outside the node numbering (a router, say);
+    /// it is removed on drop like the nodes.
+    pub fn add_infra_ns(&mut self, name: &str) -> anyhow::Result<()> {
+        add_ns(&mut self.infra, name)
     }
 
     /// Node i's namespace name.
@@ -116,22 +147,36 @@ impl Topology {
 
     /// Runs a command inside node i and waits for it.
     pub fn exec(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+        self.exec_in(self.node(i), args)
+            .with_context(|| format!("in node {i}"))
+    }
+
+    /// Runs a command inside namespace `ns` (a node or not) and waits for it.
+    pub fn exec_in(&self, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")
-            .args(["netns", "exec", self.node(i)])
+            .args(["netns", "exec", ns])
             .args(args)
             .output()
-            .with_context(|| format!("running {args:?} in node {i}"))
+            .with_context(|| format!("running {args:?} in {ns}"))
     }
 
     /// Starts a command inside node i; it is killed on drop. Returns a handle for `wait`.
     pub fn spawn(&mut self, i: usize, args: &[&str]) -> anyhow::Result<usize> {
+        let ns = self.node(i).to_string();
+        self.spawn_in(&ns, args)
+            .with_context(|| format!("in node {i}"))
+    }
+
+    /// Starts a command inside namespace `ns` (a node or not); it is killed on drop.
+    /// Returns a handle for `wait`.
+    pub fn spawn_in(&mut self, ns: &str, args: &[&str]) -> anyhow::Result<usize> {
         let child = Command::new("ip")
-            .args(["netns", "exec", self.node(i)])
+            .args(["netns", "exec", ns])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {args:?} in node {i}"))?;
+            .with_context(|| format!("starting {args:?} in {ns}"))?;
         self.children.push(Some(child));
         Ok(self.children.len() - 1)
     }
@@ -232,7 +277,7 @@ impl Drop for Topology {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in &self.ns {
+        for ns in self.ns.iter().chain(&self.infra) {
             // Anything still running inside (spawned through `ip netns exec`) goes too.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
