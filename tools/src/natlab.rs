@@ -577,7 +577,11 @@ impl NatLab {
 ///   tuple is unique, so one internal endpoint gets one external port for every destination
 ///   (endpoint-independent mapping in practice); inbound datagrams are forwarded only when
 ///   conntrack knows the flow (address-and-port-dependent filtering; the forward chain makes
-///   that explicit).
+///   that explicit). Unsolicited datagrams to the router itself are dropped too, as a home
+///   router's firewall does: accepted (and answered with ICMP), each would leave a conntrack
+///   entry that holds its tuple, and the host's next flow to that sender would get another
+///   port (`masquerade` keeps the port only while the tuple is free), so a peer's punch probe
+///   arriving first would make the mapping look endpoint-dependent.
 /// - [`NatKind::Symmetric`]: `masquerade random`: the port is randomised for every new flow,
 ///   hence per destination (endpoint-dependent mapping); same filtering.
 /// - [`NatKind::FullCone`]: `snat` to the WAN address (port kept when free), plus a dynamic
@@ -606,6 +610,11 @@ pub fn nat_ruleset(nat: NatKind, wan_ip: Ipv4Addr) -> anyhow::Result<String> {
                  \x20   }}\n\
                  \x20   chain forward {{\n\
                  \x20       type filter hook forward priority filter; policy accept;\n\
+                 \x20       iifname \"wan\" ct state established,related accept\n\
+                 \x20       iifname \"wan\" drop\n\
+                 \x20   }}\n\
+                 \x20   chain input {{\n\
+                 \x20       type filter hook input priority filter; policy accept;\n\
                  \x20       iifname \"wan\" ct state established,related accept\n\
                  \x20       iifname \"wan\" drop\n\
                  \x20   }}\n\

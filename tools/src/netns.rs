@@ -380,6 +380,9 @@ pub struct MeshOptions {
     pub peer_endpoints: Vec<(usize, SocketAddr)>,
     /// Nodes whose underlay address goes into `[discovery] bootstrap`.
     pub bootstrap: Vec<usize>,
+    /// Bootstrap addresses given as such (e.g. a NAT lab's public host), added to those of
+    /// `bootstrap` (start the bootstrap node itself without them).
+    pub bootstrap_addrs: Vec<SocketAddr>,
 }
 
 impl Default for MeshOptions {
@@ -390,6 +393,7 @@ impl Default for MeshOptions {
             rekey_after_secs: 120,
             peer_endpoints: Vec::new(),
             bootstrap: Vec::new(),
+            bootstrap_addrs: Vec::new(),
         }
     }
 }
@@ -484,12 +488,13 @@ impl Topology {
             admin.display(),
             opts.rekey_after_secs,
         );
-        let boot: Vec<String> = opts
+        let mut boot: Vec<String> = opts
             .bootstrap
             .iter()
             .filter(|&&b| b != i)
             .map(|b| format!("\"198.51.100.{}:51820\"", b + 1))
             .collect();
+        boot.extend(opts.bootstrap_addrs.iter().map(|a| format!("\"{a}\"")));
         if !boot.is_empty() {
             cfg.push_str(&format!(
                 "\n[discovery]\nbootstrap = [{}]\n",
