@@ -8,13 +8,15 @@ need_cmd() {
   command -v "$1" >/dev/null 2>&1 || _sm_missing+=("$2")
 }
 
-# ensure_system_tools — iproute2 (ip, tc), iperf3, nftables, python3.
+# ensure_system_tools — iproute2 (ip, tc), iperf3, nftables, procps (sysctl: the NAT lab's
+# routers forward), python3, ping.
 ensure_system_tools() {
   _sm_missing=()
   need_cmd ip iproute2
   need_cmd tc iproute2
   need_cmd iperf3 iperf3
   need_cmd nft nftables
+  need_cmd sysctl procps
   need_cmd python3 python3
   need_cmd ping iputils-ping
   [ ${#_sm_missing[@]} -eq 0 ] && return 0

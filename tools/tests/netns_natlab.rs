@@ -72,9 +72,17 @@ fn prerequisites(test: &str) -> bool {
     true
 }
 
+/// The lab, using the `shadowmesh` cargo built for the test, or the one in
+/// `$SHADOWMESH_NATLAB_BIN` (what `perf-scripts/natlab --bin DIR` passes).
 fn lab(tag: &str) -> NatLab {
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_shadowmesh"));
-    NatLab::new(tag, cli.parent().unwrap()).unwrap()
+    let dir = match std::env::var_os("SHADOWMESH_NATLAB_BIN") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_shadowmesh"))
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    };
+    NatLab::new(tag, &dir).unwrap()
 }
 
 /// Starts a reflector on each of `hosts` (port REFLECT_PORT, also answering from OTHER_PORT);
