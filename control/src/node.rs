@@ -173,6 +173,10 @@ struct Liveness {
     rtt: Option<Duration>,
 }
 
+/// What a node's record said about reaching it through NATs: its homes' node ids and its
+/// endpoints (kept to punch to it again after we move).
+type Traversal = (Vec<[u8; 32]>, Vec<SocketAddr>);
+
 /// The control plane of one node, sans-IO.
 pub struct Node<'a> {
     identity: &'a Identity,
@@ -206,6 +210,12 @@ pub struct Node<'a> {
     home_rtt: BTreeMap<Key, Duration>,
     /// Where each node's first valid punch probe came from (the hole we use), bounded.
     punched: BTreeMap<[u8; 32], SocketAddr>,
+    /// The homes and endpoints of the nodes we punched to, to punch again after we move.
+    traversals: BTreeMap<[u8; 32], Traversal>,
+    /// Our endpoints changed (we moved, or our NAT remapped us): punch to everyone again.
+    repunch_all: bool,
+    /// Nodes to punch to again at the next timer run (found unreachable).
+    repunch_due: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Node<'_> {
@@ -276,6 +286,9 @@ impl<'a> Node<'a> {
             stray_introductions: 0,
             home_rtt: BTreeMap::new(),
             punched: BTreeMap::new(),
+            traversals: BTreeMap::new(),
+            repunch_all: false,
+            repunch_due: Vec::new(),
         })
     }
 
@@ -453,6 +466,7 @@ impl<'a> Node<'a> {
         }
         self.probe_peers(now);
         self.keep_homes(now);
+        self.repunch(now, &mut out);
         self.send_probes(now, &mut out);
         self.pump(now, &mut out);
         out
@@ -504,6 +518,27 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Punches again towards the nodes found unreachable, and towards every node we punched
+    /// to once our own endpoints changed.
+    fn repunch(&mut self, now: Now, out: &mut Vec<DownMsg>) {
+        let mut due = std::mem::take(&mut self.repunch_due);
+        if std::mem::take(&mut self.repunch_all) {
+            let peers = self.driver.peers();
+            due.extend(
+                self.traversals
+                    .keys()
+                    .filter(|n| peers.by_node(n).is_some())
+                    .copied(),
+            );
+            if !due.is_empty() {
+                info!(peers = due.len(), "our endpoints changed; punching again");
+            }
+        }
+        for node_id in due {
+            self.punch(node_id, now, out);
+        }
+    }
+
     /// Sends the punch probes that are due.
     fn send_probes(&mut self, now: Now, out: &mut Vec<DownMsg>) {
         for (dst, msg) in self.punches.due(now.mono) {
@@ -519,7 +554,7 @@ impl<'a> Node<'a> {
     /// and probes the record's endpoints ourselves, so both NATs open for each other.
     fn traverse(&mut self, rec: &NodeRecord, now: Now, out: &mut Vec<DownMsg>) {
         let node_id = rec.node_id();
-        if rec.relays.is_empty() || self.punches.active_with(&node_id, now.mono) {
+        if rec.relays.is_empty() {
             return;
         }
         let reject_after = self.driver.settings().reject_after;
@@ -529,14 +564,41 @@ impl<'a> Node<'a> {
             .by_node(&node_id)
             .and_then(|id| self.driver.peers().get(id))
             .is_some_and(|p| p.live_session(now.mono, reject_after).is_some());
-        if live {
+        // Remembered (bounded) so that the hole can be punched again when we move.
+        if self.traversals.len() < MAX_DESTINATIONS || self.traversals.contains_key(&node_id) {
+            self.traversals
+                .insert(node_id, (rec.relays.clone(), rec.endpoints.clone()));
+        }
+        if !live {
+            self.punch(node_id, now, out);
+        }
+    }
+
+    /// Punches (again) towards `node_id` through the homes and at the endpoints its record
+    /// named, unless a punch with it is under way.
+    fn punch(&mut self, node_id: [u8; 32], now: Now, out: &mut Vec<DownMsg>) {
+        let Some((homes, mut endpoints)) = self.traversals.get(&node_id).cloned() else {
+            return;
+        };
+        // Where we reach it now first (after a move, that is the hole to reopen).
+        let current = self
+            .driver
+            .peers()
+            .by_node(&node_id)
+            .and_then(|id| self.driver.peers().get(id))
+            .and_then(|p| p.endpoint);
+        if let Some(e) = current {
+            endpoints.retain(|a| *a != e);
+            endpoints.insert(0, e);
+        }
+        if self.punches.active_with(&node_id, now.mono) {
             return;
         }
         let mut token = [0u8; crate::dht::messages::TOKEN_LEN];
         self.rng.fill_bytes(&mut token);
         let ours = self.endpoints();
         let mut asked = 0;
-        for home in rec.relays.iter().take(MAX_HOMES) {
+        for home in homes.iter().take(MAX_HOMES) {
             let home = Key::for_node(home);
             let addr = self
                 .dht
@@ -561,7 +623,7 @@ impl<'a> Node<'a> {
         }
         debug!(homes = asked, "punching: introductions asked");
         self.punches
-            .start(token, node_id, Role::Initiator, &rec.endpoints, now.mono);
+            .start(token, node_id, Role::Initiator, &endpoints, now.mono);
         self.send_probes(now, out);
     }
 
@@ -743,6 +805,10 @@ impl<'a> Node<'a> {
             Ok(rec) => {
                 info!(endpoints = ?endpoints, seq, "publishing our node record");
                 self.dht.publish(rec, now, &mut *self.rng);
+                let moved = !self.published.is_empty() && self.published != endpoints;
+                if moved {
+                    self.repunch_all = true;
+                }
                 self.published = endpoints;
                 self.record_seq = seq;
                 self.republish_at =
@@ -822,6 +888,7 @@ impl<'a> Node<'a> {
             if missed >= PROBE_MISSES {
                 let out = self.driver.set_reachable(id, false, now);
                 debug_assert!(out.is_empty());
+                self.repunch_due.push(node_id);
             }
         }
     }
@@ -913,6 +980,8 @@ impl<'a> Node<'a> {
                     l.misses = l.misses.saturating_add(1);
                     if l.misses >= PROBE_MISSES {
                         out.extend(self.driver.set_reachable(id, false, now));
+                        // The hole may have closed (either end moved, a NAT forgot it).
+                        self.punch(node.0, now, out);
                         let dynamic = self.driver.peers().get(id).is_some_and(|p| p.dynamic);
                         let refreshing = self.lookups.values().any(|p| *p == Purpose::Refresh(id));
                         if dynamic && !refreshing {

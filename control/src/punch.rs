@@ -121,12 +121,14 @@ impl Punches {
         self.by_token.is_empty()
     }
 
-    /// Whether a punch with `peer_node` started less than [`LIFETIME`] ago.
+    /// Whether a punch with `peer_node` is still probing: unanswered and within its rounds.
     #[must_use]
     pub fn active_with(&self, peer_node: &[u8; 32], now: Duration) -> bool {
-        self.by_token
-            .values()
-            .any(|p| p.peer_node == *peer_node && now.saturating_sub(p.started) < LIFETIME)
+        self.by_token.values().any(|p| {
+            p.peer_node == *peer_node
+                && p.answered_from.is_none()
+                && now.saturating_sub(p.started) < ROUND_INTERVAL * ROUNDS
+        })
     }
 
     /// Whether the punch with `peer_node` (any role) got a valid probe, and from where.
@@ -293,6 +295,7 @@ mod tests {
         }
         assert_eq!(sent, ROUNDS as usize);
         assert!(p.active_with(&[7; 32], T0));
+        assert!(!p.active_with(&[7; 32], T0 + ROUND_INTERVAL * ROUNDS));
         assert!(p
             .on_probe(a(1), &encode(PROBE, &[2; 16]), T0 + LIFETIME)
             .is_none());

@@ -69,7 +69,9 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         eprintln!("SKIP: needs nft (scripts/test.sh installs nftables)");
         return;
     }
-    let mut lab = NatLab::new("tv", &bin_dir()).unwrap();
+    // `perf-scripts/natlab --bin DIR` passes its binaries in $SHADOWMESH_NATLAB_BIN.
+    let bins = std::env::var_os("SHADOWMESH_NATLAB_BIN").map_or_else(bin_dir, Into::into);
+    let mut lab = NatLab::new("tv", &bins).unwrap();
     let boot = lab.add_public("boot").unwrap();
     let a = lab.add_site("a", NatKind::EimApdf).unwrap();
     let b = lab.add_site("b", NatKind::EimApdf).unwrap();
@@ -96,10 +98,7 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         lab.topo_mut().start_node(boot, "ca", &[], &base).unwrap(),
     );
     for &i in &all[1..] {
-        nodes.insert(
-            i,
-            lab.topo_mut().start_node(i, "ca", &[], &natted).unwrap(),
-        );
+        nodes.insert(i, lab.topo_mut().start_node(i, "ca", &[], &natted).unwrap());
     }
     // Every NATed node joined, took the bootstrap as its home and published.
     for &i in &all[1..] {
@@ -173,7 +172,10 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         Some("punched"),
         "{st}"
     );
-    assert!(st["nat"]["punch"]["succeeded"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert!(
+        st["nat"]["punch"]["succeeded"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
 
     // Symmetric ↔ symmetric: no direct path, and no relay path yet.
     let t = ping_time(&lab, s1, s2, 8);
@@ -192,8 +194,14 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         .topo_mut()
         .start_bulk(b, a, &listen, &[], &["--bytes", "64M", "--seed", "5"])
         .unwrap();
-    let c = lab.topo_mut().wait(client, Duration::from_secs(120)).unwrap();
-    let s = lab.topo_mut().wait(server, Duration::from_secs(30)).unwrap();
+    let c = lab
+        .topo_mut()
+        .wait(client, Duration::from_secs(120))
+        .unwrap();
+    let s = lab
+        .topo_mut()
+        .wait(server, Duration::from_secs(30))
+        .unwrap();
     let (c, s) = (
         String::from_utf8_lossy(&c.stdout).to_string(),
         String::from_utf8_lossy(&s.stdout).to_string(),
