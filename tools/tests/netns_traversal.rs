@@ -15,7 +15,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::{bin_dir, root_or_skip};
 use shadowmesh::natlab::{NatKind, NatLab};
@@ -54,10 +54,17 @@ fn peer<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Val
 /// Pings `to`'s overlay address from `from` (one ping a second, `tries` at most); returns the
 /// seconds until the first reply.
 fn ping_time(lab: &NatLab, from: usize, to: usize, tries: usize) -> Option<f64> {
-    let t0 = SystemTime::now();
+    let t0 = clock();
     lab.topo()
         .ping_until(from, &overlay(to), tries)
-        .then(|| t0.elapsed().map_or(0.0, |d| d.as_secs_f64()))
+        .then(|| (clock() - t0).as_secs_f64())
+}
+
+/// The test's one clock.
+#[expect(clippy::disallowed_methods, reason = "the test's single clock wrapper")]
+fn clock() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }
 
 #[test]
