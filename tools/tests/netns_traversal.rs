@@ -9,7 +9,9 @@
 //! on both sides: fails without punching, each NAT drops the other's first packet), double
 //! NAT → full cone, symmetric → full cone; symmetric ↔ symmetric has no direct path and, with
 //! no relay path yet, stays unconnected (asserted, so the day it connects this test says so).
-//! A 64 MB TCP transfer crosses the EIM-APDF pair with its SHA-256 intact.
+//! A 64 MB TCP transfer crosses the EIM-APDF pair with its SHA-256 intact; then a second one
+//! continues intact while one end moves to another LAN address (roaming: its NAT maps it to
+//! another port, it punches again, the other end follows its authenticated packets).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -215,6 +217,49 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
     );
     assert!(transfer_intact(&c, &s), "client {c:?} / server {s:?}");
     eprintln!("punched transfer: {}", c.trim());
+    // Roaming: node a gets another LAN address in the middle of a transfer. Its NAT maps the
+    // new address to another port (the old conntrack entries hold the old one), which b's
+    // NAT has never been sent to: a finds b unreachable, punches again through the home, and
+    // b's dataplane follows a's authenticated packets to the new address.
+    let listen = format!("{}:5202", overlay(b));
+    let (server, client) = lab
+        .topo_mut()
+        .start_bulk(
+            b,
+            a,
+            &listen,
+            &[],
+            &["--bytes", "48M", "--seed", "6", "--rate-mbit", "24"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let new_ip = lab.roam(a).unwrap();
+    let c = lab
+        .topo_mut()
+        .wait(client, Duration::from_secs(180))
+        .unwrap();
+    let s = lab
+        .topo_mut()
+        .wait(server, Duration::from_secs(30))
+        .unwrap();
+    let (c, s) = (
+        String::from_utf8_lossy(&c.stdout).to_string(),
+        String::from_utf8_lossy(&s.stdout).to_string(),
+    );
+    assert!(
+        transfer_intact(&c, &s),
+        "transfer across the move: client {c:?} / server {s:?}"
+    );
+    eprintln!("transfer across a's move to {new_ip}: {}", c.trim());
+    let st = lab.topo().status_json(b, &nodes[&b]).unwrap();
+    let seen: SocketAddr = peer(&st, &format!("n{a}")).unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(seen.ip(), std::net::IpAddr::from(lab.public_ip(a).unwrap()));
+    eprintln!("b now reaches a at {seen}");
+
     // The bootstrap forwarded none of it: it holds no session with either.
     let st = lab.topo().status_json(boot, &nodes[&boot]).unwrap();
     for n in [a, b] {
