@@ -7,11 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_control::cert::{Ca, NodeCert, NodeCertRequest};
+use common::{cert, WALL0};
+use shadowmesh_control::cert::{Ca, NodeCert};
 use shadowmesh_control::clock::Now;
 use shadowmesh_control::handshake::driver::Settings;
 use shadowmesh_control::identity::Identity;
@@ -20,7 +23,6 @@ use shadowmesh_control::rand::{SeedableRng, SeededRng};
 use shadowmesh_ipc::{DownMsg, Slot, UpMsg};
 
 const N: usize = 5;
-const WALL0: Duration = Duration::from_secs(1_800_000_000);
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([198, 51, 100, u8::try_from(i + 1).unwrap()], 51820))
@@ -28,22 +30,6 @@ fn addr(i: usize) -> SocketAddr {
 
 fn overlay(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(100, 64, 0, u8::try_from(i + 1).unwrap()))
-}
-
-fn cert(ca: &Ca, id: &Identity, i: usize) -> NodeCert {
-    let t = WALL0.as_secs();
-    let b = u8::try_from(i + 1).unwrap();
-    ca.sign(NodeCertRequest {
-        public: id.public().clone(),
-        name: format!("n{i}"),
-        ipv4: vec![(Ipv4Addr::new(100, 64, 0, b), 32)],
-        ipv6: vec![(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(b)), 128)],
-        subnets: vec![],
-        groups: vec![],
-        not_before: t - 60,
-        not_after: t + 86_400,
-    })
-    .expect("sign")
 }
 
 struct World<'a> {

@@ -11,11 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use shadowmesh_control::cert::{Ca, NodeCert, NodeCertRequest};
+use common::{cert, WALL0};
+use shadowmesh_control::cert::{Ca, NodeCert};
 use shadowmesh_control::clock::Now;
 use shadowmesh_control::handshake::driver::Settings;
 use shadowmesh_control::identity::Identity;
@@ -24,7 +27,6 @@ use shadowmesh_control::rand::{SeedableRng, SeededRng};
 use shadowmesh_control::sim::nat::{Nat, NatConfig, NatKind};
 use shadowmesh_ipc::{DownMsg, Slot, UpMsg};
 
-const WALL0: Duration = Duration::from_secs(1_800_000_000);
 const PORT: u16 = 51820;
 
 /// Where node i's socket is bound (its own address; behind a NAT, a LAN address).
@@ -38,22 +40,6 @@ fn local(i: usize) -> SocketAddr {
 /// External address of node i's NAT.
 fn external(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(203, 0, 113, u8::try_from(i).unwrap()))
-}
-
-fn cert(ca: &Ca, id: &Identity, i: usize) -> NodeCert {
-    let t = WALL0.as_secs();
-    let b = u8::try_from(i + 1).unwrap();
-    ca.sign(NodeCertRequest {
-        public: id.public().clone(),
-        name: format!("n{i}"),
-        ipv4: vec![(Ipv4Addr::new(100, 64, 0, b), 32)],
-        ipv6: vec![(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(b)), 128)],
-        subnets: vec![],
-        groups: vec![],
-        not_before: t - 60,
-        not_after: t + 86_400,
-    })
-    .expect("sign")
 }
 
 struct World<'a> {

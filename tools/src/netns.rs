@@ -559,6 +559,27 @@ impl Topology {
         Ok((s, c))
     }
 
+    /// Waits for a transfer of [`Topology::start_bulk`] (the client for up to `timeout`, the
+    /// server 30 s more) and checks it: `Ok(client's summary line)` when both ends saw the
+    /// same SHA-256, an error naming both outputs otherwise.
+    pub fn finish_bulk(
+        &mut self,
+        server: usize,
+        client: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let c = self.wait(client, timeout)?;
+        let s = self.wait(server, Duration::from_secs(30))?;
+        let (c, s) = (
+            String::from_utf8_lossy(&c.stdout).to_string(),
+            String::from_utf8_lossy(&s.stdout).to_string(),
+        );
+        if !transfer_intact(&c, &s) {
+            bail!("transfer incomplete or corrupted: client {c:?} / server {s:?}");
+        }
+        Ok(c.trim().to_string())
+    }
+
     /// Node i's `shadowmesh status --json`, parsed.
     pub fn status_json(&self, i: usize, node: &MeshNode) -> anyhow::Result<serde_json::Value> {
         let admin = node.admin.to_str().context("non-UTF-8 path")?;

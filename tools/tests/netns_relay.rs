@@ -175,15 +175,6 @@ fn bulk(topo: &mut Topology, port: u16, bytes: &str) -> String {
     let (server, client) = topo
         .start_bulk(1, 0, &listen, &[], &["--bytes", bytes, "--seed", "3"])
         .unwrap();
-    let c = topo.wait(client, Duration::from_secs(240)).unwrap();
-    let s = topo.wait(server, Duration::from_secs(30)).unwrap();
-    let (c, s) = (
-        String::from_utf8_lossy(&c.stdout).to_string(),
-        String::from_utf8_lossy(&s.stdout).to_string(),
-    );
-    assert!(
-        transfer_intact(&c, &s),
-        "transfer: client {c:?} / server {s:?}"
-    );
-    c.trim().to_string()
+    topo.finish_bulk(server, client, Duration::from_secs(240))
+        .unwrap()
 }

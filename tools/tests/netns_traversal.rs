@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::{bin_dir, root_or_skip};
 use shadowmesh::natlab::{NatKind, NatLab};
-use shadowmesh::netns::{have, transfer_intact, MeshNode, MeshOptions};
+use shadowmesh::netns::{have, MeshNode, MeshOptions};
 
 fn overlay(i: usize) -> String {
     format!("100.64.0.{}", i + 1)
@@ -205,18 +205,9 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         .unwrap();
     let c = lab
         .topo_mut()
-        .wait(client, Duration::from_secs(120))
+        .finish_bulk(server, client, Duration::from_secs(120))
         .unwrap();
-    let s = lab
-        .topo_mut()
-        .wait(server, Duration::from_secs(30))
-        .unwrap();
-    let (c, s) = (
-        String::from_utf8_lossy(&c.stdout).to_string(),
-        String::from_utf8_lossy(&s.stdout).to_string(),
-    );
-    assert!(transfer_intact(&c, &s), "client {c:?} / server {s:?}");
-    eprintln!("punched transfer: {}", c.trim());
+    eprintln!("punched transfer: {c}");
     // Roaming: node a gets another LAN address in the middle of a transfer. Its NAT maps the
     // new address to another port (the old conntrack entries hold the old one), which b's
     // NAT has never been sent to: a finds b unreachable, punches again through the home, and
@@ -234,23 +225,14 @@ fn nodes_behind_nats_punch_through_and_talk_directly() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let new_ip = lab.roam(a).unwrap();
-    let c = lab
+    let c = match lab
         .topo_mut()
-        .wait(client, Duration::from_secs(180))
-        .unwrap();
-    let s = lab
-        .topo_mut()
-        .wait(server, Duration::from_secs(30))
-        .unwrap();
-    let (c, s) = (
-        String::from_utf8_lossy(&c.stdout).to_string(),
-        String::from_utf8_lossy(&s.stdout).to_string(),
-    );
-    assert!(
-        transfer_intact(&c, &s),
-        "transfer across the move: client {c:?} / server {s:?}"
-    );
-    eprintln!("transfer across a's move to {new_ip}: {}", c.trim());
+        .finish_bulk(server, client, Duration::from_secs(180))
+    {
+        Ok(c) => c,
+        Err(e) => panic!("across a's move to {new_ip}: {e}"),
+    };
+    eprintln!("transfer across a's move to {new_ip}: {c}");
     let st = lab.topo().status_json(b, &nodes[&b]).unwrap();
     let seen: SocketAddr = peer(&st, &format!("n{a}")).unwrap()["endpoint"]
         .as_str()
