@@ -571,6 +571,33 @@ fn dht_messages() -> Named {
                 result: StoreResult::Ok,
             },
         ),
+        (
+            "introduce",
+            Body::Introduce {
+                target: b_key,
+                token: [7; wire::TOKEN_LEN],
+                candidates: vec![src()],
+            },
+        ),
+        (
+            "introduced",
+            Body::Introduced {
+                observed: src(),
+                forwarded: true,
+            },
+        ),
+        (
+            "introduction",
+            Body::Introduction {
+                from: a_key,
+                token: [7; wire::TOKEN_LEN],
+                candidates: vec![src(), src()],
+            },
+        ),
+        (
+            "introduction-ack",
+            Body::IntroductionAck { observed: src() },
+        ),
     ];
     let mut auth = Auth::new(&n.b, 4);
     bodies
