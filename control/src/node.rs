@@ -641,6 +641,11 @@ impl<'a> Node<'a> {
             self.stray_introductions += 1;
             return;
         }
+        // One punch per introducer at a time: a member cannot make us probe more than 9
+        // addresses of its choosing per 2 s, however many introductions it asks for.
+        if self.punches.active_with(&from.0, now.mono) {
+            return;
+        }
         debug!(candidates = ?candidates, "introduced by a home; punching");
         if self
             .punches
