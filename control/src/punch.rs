@@ -3,11 +3,13 @@
 //! other (docs/protocol.md §9.3).
 //!
 //! A probe is a control message of kind [`crate::transport::KIND_NAT`]: `type u8 (1 probe, 2
-//! reply) | token [16]`, 17 bytes (41 on the wire). The token is a random secret the
-//! initiator chose and sent only through authenticated DHT messages (to the home, and from the
-//! home to the target), so a probe that carries it comes from one of the two ends (or the
-//! home); its source address is where the other end's NAT maps it *for us*, which is the
-//! address to send the handshake to, also when that NAT is endpoint-dependent.
+//! reply) | token [16]`, 17 bytes (41 on the wire). The token is a random value the initiator
+//! chose and sent only in authenticated DHT messages (to the home, and from the home to the
+//! target); those are tagged, not encrypted, so a probe that carries it comes from one of the
+//! two ends, the home, or someone on one of those paths. Its source address is where the other
+//! end's NAT maps it *for us*: the address to try the handshake at, also when that NAT is
+//! endpoint-dependent. A probe therefore only ever starts a handshake (which authenticates
+//! both ends); it never moves an established session (`Driver::punched`).
 //!
 //! Cost for a stranger: a probe with an unknown token is a counted drop; nothing is stored
 //! or sent. Every punch is bounded in rounds, targets and lifetime, and the table in size.

@@ -47,8 +47,7 @@ struct World<'a> {
     /// The NAT in front of each node (none for the bootstrap).
     nats: Vec<Option<Nat>>,
     asked: Vec<Vec<DownMsg>>,
-    /// Datagrams in flight: (sender, source as sent, destination, payload); one 10 ms step
-    /// of latency per hop.
+    /// Datagrams in flight: (sending node, destination, payload); one 10 ms step of latency.
     wire: VecDeque<(usize, SocketAddr, Vec<u8>)>,
     mono: Duration,
     /// Datagrams the NATs dropped.

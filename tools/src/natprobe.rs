@@ -292,7 +292,7 @@ mod tests {
             b"seen",
             b"seen nonsense",
             b"\xff\xfe",
-            b"hello 1.2.3.4:5",
+            b"hello 198.51.100.4:5",
         ] {
             assert_eq!(parse_reply(junk), None);
         }

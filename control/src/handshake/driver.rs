@@ -891,9 +891,11 @@ impl<'a> Driver<'a> {
     }
 
     /// A punch probe of `peer` arrived from `addr` (NAT traversal): that is where its NAT
-    /// lets us reach it, so it becomes the peer's endpoint, and a handshake starts at once
-    /// unless a session is live (a live session just moves to the new path) or an initiation
-    /// to that address is in flight.
+    /// lets us reach it, so it becomes the peer's endpoint and a handshake starts at once,
+    /// unless an initiation to that address is in flight. A peer with a live session is left
+    /// alone: a probe proves only knowledge of a token that crossed the network in
+    /// authenticated but unencrypted DHT messages, so it must not move an established session
+    /// (the dataplane follows the peer's authenticated packets to a new address instead).
     #[must_use]
     pub fn punched(&mut self, peer: u32, addr: SocketAddr, now: impl Into<Now>) -> Vec<DownMsg> {
         let now = now.into();
@@ -902,7 +904,7 @@ impl<'a> Driver<'a> {
         let Some(p) = self.peers.get_mut(peer) else {
             return out;
         };
-        if !p.enabled {
+        if !p.enabled || p.live_session(now.mono, reject_after).is_some() {
             return out;
         }
         let moved = p.endpoint != Some(addr);
@@ -913,8 +915,7 @@ impl<'a> Driver<'a> {
         }
         // An initiation in flight to this very address is left alone (it got through, or
         // its retries will): a second one would only be refused as a duplicate.
-        let waiting = p.in_flight.is_some() && !moved;
-        if p.live_session(now.mono, reject_after).is_none() && !waiting {
+        if p.in_flight.is_none() || moved {
             p.next_attempt = now.mono;
             p.failures = 0;
             self.initiate(peer, now, false, &mut out);

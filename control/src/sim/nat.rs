@@ -4,18 +4,19 @@
 //!
 //! Owns one NAT's translation table and its seeded port generator; it never holds node state,
 //! never reads a clock (time is passed in) and never iterates a `HashMap` (tables are
-//! `BTreeMap`s, so a run replays exactly by its seed). Placing NATs on the simulated network
-//! (private realms, nesting, routing) is the engine's job, in `mod.rs`.
+//! `BTreeMap`s, so a run replays exactly by its seed). Placing NATs on a network is the
+//! caller's job: `control/tests/nat_traversal.rs` puts one in front of each NATed node; the
+//! simulator's engines (`mesh`, `kad`) do not place NATs yet.
 //!
-//! Choices (RFC 4787 terms), documented in docs/protocol.md §8.10:
+//! Choices (RFC 4787 terms; docs/protocol.md §9.3 uses them):
 //! - One binding timeout per mapping, refreshed by outbound traffic and by every inbound
 //!   datagram the filter admits (Linux conntrack refreshes a flow on packets in both
 //!   directions). Expired bindings are removed lazily, when looked up or when room is needed.
 //! - Endpoint-independent mapping preserves the internal port when it is free on the external
 //!   address; otherwise, and always for endpoint-dependent mapping, the port is drawn from the
 //!   NAT's own seeded generator (1024–65535, a bounded number of tries, then a bounded scan).
-//! - No hairpinning (the engine drops a datagram a host sends to its own NAT's external
-//!   address, as Linux `masquerade` without a hairpin rule does).
+//! - No hairpinning rule: a datagram a host sends to its own NAT's external address is the
+//!   caller's to drop (as Linux `masquerade` without a hairpin rule does).
 //! - At most [`NatConfig::max_mappings`] bindings: the least recently used one is evicted.
 
 use std::collections::BTreeMap;
